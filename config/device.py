@@ -1,0 +1,55 @@
+"""What every bus and device has, whatever its driver. Drivers subclass these."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from config.base import Ident, StrictModel
+
+
+class BusBase(StrictModel):
+    """A line or endpoint owned by one task of the agent; devices on it take turns."""
+
+    name: Ident = Field(description="Unique bus name, referenced by devices[].bus.")
+    driver: str = Field(description="Driver that speaks on this bus, e.g. `modbus`.")
+
+
+class PointBase(StrictModel):
+    name: Ident = Field(description="Point name, unique within its device; the `point` tag.")
+    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
+        default=None, description="Engineering unit stored with every reading, e.g. `V`, `degC`."
+    )
+
+
+class DeviceBase(StrictModel):
+    name: Ident = Field(description="Unique device name within the agent; the `device` tag.")
+    bus: Ident = Field(description="Name of the bus (buses[].name) this device is reached on.")
+    asset: Ident | None = Field(
+        default=None,
+        description="Asset the device measures (the `asset` tag); defaults to the device name.",
+    )
+    interval: float = Field(
+        default=1.0, gt=0, le=86_400, description="Seconds between polls, measured without drift."
+    )
+    enabled: bool = Field(default=True, description="A disabled device is validated, not polled.")
+
+    @property
+    def asset_name(self) -> str:
+        return self.asset or self.name
+
+    @model_validator(mode="after")
+    def _points_unique(self) -> DeviceBase:
+        points = getattr(self, "points", None)
+        if points is None:
+            return self
+        seen: dict[str, int] = {}
+        for index, point in enumerate(points):
+            if point.name in seen:
+                raise ValueError(
+                    f"@points[{index}].name: duplicate point name {point.name!r} "
+                    f"(first at points[{seen[point.name]}]); rename one of them"
+                )
+            seen[point.name] = index
+        return self

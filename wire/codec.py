@@ -1,0 +1,175 @@
+"""The versioned JSON payload that carries a batch of readings (see ``docs/wire.md``).
+
+Readings taken in one poll of one device share the device, asset and sample time, so a batch
+is a list of *groups*, each with its shared fields once and its points below::
+
+    {"schema": "fieldlink.batch/1", "site": "plant-a", "agent": "gw-01",
+     "groups": [{"asset": "pump-1", "device": "meter-1", "t": 1732900000123456789,
+                 "points": [{"p": "voltage", "v": 231.4, "u": "V"},
+                            {"p": "current", "q": "bad", "r": "timeout", "u": "A"}]}]}
+
+The decoder is strict: anything it does not understand is a :class:`PayloadError` whose
+message names the JSON path, so an ingester can dead-letter it with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from wire.model import Quality, Reading, Value
+from wire.topics import ID_PATTERN, is_valid_id
+
+PAYLOAD_SCHEMA = "fieldlink.batch/1"
+#: Text values longer than this are refused: they would bloat every write downstream.
+MAX_TEXT_VALUE = 1024
+_QUALITIES = {q.value: q for q in Quality}
+
+
+class PayloadError(ValueError):
+    """A message that is not a valid fieldlink batch. The text names the JSON path."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    site: str
+    agent: str
+    readings: list[Reading] = field(default_factory=list)
+    #: Per-agent sequence number; optional in schema 1 (used by the delivery protocol).
+    seq: int | None = None
+
+
+def encode_batch(site: str, agent: str, readings: Iterable[Reading], seq: int | None = None) -> bytes:
+    """Pack readings into one message, grouping consecutive readings of one device and time."""
+    groups: list[dict[str, Any]] = []
+    key: tuple[str, str, int] | None = None
+    points: list[dict[str, Any]] = []
+    for r in readings:
+        k = (r.asset, r.device, r.ts_ns)
+        if k != key:
+            points = []
+            groups.append({"asset": r.asset, "device": r.device, "t": r.ts_ns, "points": points})
+            key = k
+        entry: dict[str, Any] = {"p": r.point}
+        if r.value is not None:
+            entry["v"] = r.value
+        if r.unit is not None:
+            entry["u"] = r.unit
+        if r.quality is not Quality.GOOD:
+            entry["q"] = r.quality.value
+        if r.reason is not None:
+            entry["r"] = r.reason
+        points.append(entry)
+    doc: dict[str, Any] = {"schema": PAYLOAD_SCHEMA, "site": site, "agent": agent, "groups": groups}
+    if seq is not None:
+        doc["seq"] = seq
+    return orjson.dumps(doc)
+
+
+def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:
+    """Parse and validate one message. Raises :class:`PayloadError` naming what is wrong."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PayloadError(f"top level must be an object, got {_kind(doc)}")
+    schema = doc.get("schema")
+    if schema != PAYLOAD_SCHEMA:
+        raise PayloadError(f"schema: expected {PAYLOAD_SCHEMA!r}, got {schema!r}")
+    unknown = doc.keys() - {"schema", "site", "agent", "groups", "seq"}
+    if unknown:
+        raise PayloadError(f"unknown top-level field(s): {', '.join(sorted(unknown))}")
+    site = _id(doc, "site", "site")
+    agent = _id(doc, "agent", "agent")
+    seq = doc.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise PayloadError(f"seq: expected a non-negative integer, got {seq!r}")
+    groups = doc.get("groups")
+    if not isinstance(groups, list):
+        raise PayloadError(f"groups: expected an array, got {_kind(groups)}")
+    readings: list[Reading] = []
+    for gi, group in enumerate(groups):
+        readings.extend(_group(group, f"groups[{gi}]"))
+        if len(readings) > max_readings:
+            raise PayloadError(f"more than {max_readings} readings in one message")
+    return Batch(site=site, agent=agent, readings=readings, seq=seq)
+
+
+def _group(group: object, path: str) -> Sequence[Reading]:
+    if not isinstance(group, dict):
+        raise PayloadError(f"{path}: expected an object, got {_kind(group)}")
+    unknown = group.keys() - {"asset", "device", "t", "points"}
+    if unknown:
+        raise PayloadError(f"{path}: unknown field(s): {', '.join(sorted(unknown))}")
+    asset = _id(group, "asset", f"{path}.asset")
+    device = _id(group, "device", f"{path}.device")
+    ts = group.get("t")
+    if type(ts) is not int or ts < 0:
+        raise PayloadError(f"{path}.t: expected integer nanoseconds since the epoch, got {ts!r}")
+    points = group.get("points")
+    if not isinstance(points, list) or not points:
+        raise PayloadError(f"{path}.points: expected a non-empty array, got {_kind(points)}")
+    out: list[Reading] = []
+    for pi, entry in enumerate(points):
+        out.append(_point(entry, f"{path}.points[{pi}]", asset, device, ts))
+    return out
+
+
+def _point(entry: object, path: str, asset: str, device: str, ts: int) -> Reading:
+    if not isinstance(entry, dict):
+        raise PayloadError(f"{path}: expected an object, got {_kind(entry)}")
+    unknown = entry.keys() - {"p", "v", "u", "q", "r"}
+    if unknown:
+        raise PayloadError(f"{path}: unknown field(s): {', '.join(sorted(unknown))}")
+    point = _id(entry, "p", f"{path}.p")
+    q_text = entry.get("q", "good")
+    quality = _QUALITIES.get(q_text) if isinstance(q_text, str) else None
+    if quality is None:
+        raise PayloadError(f"{path}.q: expected one of good, bad, uncertain; got {q_text!r}")
+    unit = entry.get("u")
+    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= 32):
+        raise PayloadError(f"{path}.u: expected a unit string of 1 to 32 characters, got {unit!r}")
+    reason = entry.get("r")
+    if reason is not None and (not isinstance(reason, str) or not 0 < len(reason) <= 256):
+        raise PayloadError(f"{path}.r: expected a reason string of 1 to 256 characters")
+    value = _value(entry.get("v"), f"{path}.v")
+    if quality is Quality.BAD:
+        if value is not None:
+            raise PayloadError(f"{path}: a bad reading carries no value")
+        if reason is None:
+            raise PayloadError(f"{path}.r: a bad reading needs a reason")
+    elif value is None:
+        raise PayloadError(f"{path}.v: a {quality.value} reading needs a value")
+    return Reading(asset, device, point, ts, value, unit, quality, reason)
+
+
+def _value(v: object, path: str) -> Value | None:
+    if v is None or type(v) is bool or type(v) is int:
+        return v  # type: ignore[return-value]
+    if type(v) is float:
+        if not math.isfinite(v):
+            raise PayloadError(f"{path}: {v} is not a finite number")
+        return v
+    if type(v) is str:
+        if len(v) > MAX_TEXT_VALUE:
+            raise PayloadError(f"{path}: text longer than {MAX_TEXT_VALUE} characters")
+        return v
+    raise PayloadError(f"{path}: expected a number, boolean or string, got {_kind(v)}")
+
+
+def _id(obj: dict[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not is_valid_id(value):
+        raise PayloadError(f"{path}: expected an id matching {ID_PATTERN}, got {value!r}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
