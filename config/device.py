@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from config.base import Ident, StrictModel
 
@@ -38,18 +38,3 @@ class DeviceBase(StrictModel):
     @property
     def asset_name(self) -> str:
         return self.asset or self.name
-
-    @model_validator(mode="after")
-    def _points_unique(self) -> DeviceBase:
-        points = getattr(self, "points", None)
-        if points is None:
-            return self
-        seen: dict[str, int] = {}
-        for index, point in enumerate(points):
-            if point.name in seen:
-                raise ValueError(
-                    f"@points[{index}].name: duplicate point name {point.name!r} "
-                    f"(first at points[{seen[point.name]}]); rename one of them"
-                )
-            seen[point.name] = index
-        return self

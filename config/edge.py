@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, create_model
 
 from config.base import Ident, StrictModel
+from config.device import BusBase, DeviceBase
+from config.errors import ConfigError, Problem
+from config.loader import environ, join_path, read_document, substitute_env, validate
+from drivers.registry import DriverNotFound, DriverRegistry
 
 
 class AgentSection(StrictModel):
@@ -55,3 +62,167 @@ class EdgeEnvelope(StrictModel):
     publish: PublishSection = Field(default_factory=PublishSection)
     buses: list[dict[str, Any]] = Field(description="Field buses; see each driver's schema.")
     devices: list[dict[str, Any]] = Field(description="Devices to poll; see each driver's schema.")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """A validated agent config: the envelope plus buses and devices as their drivers' models."""
+
+    source: str
+    agent: AgentSection
+    mqtt: MqttSection
+    publish: PublishSection
+    buses: list[BusBase]
+    devices: list[DeviceBase]
+
+    def bus(self, name: str) -> BusBase:
+        return next(b for b in self.buses if b.name == name)
+
+
+def load_edge_config(
+    path: Path, env: Mapping[str, str] | None = None, registry: DriverRegistry | None = None
+) -> EdgeConfig:
+    return validate_edge(read_document(path), str(path), env, registry)
+
+
+def validate_edge(
+    doc: dict[str, Any],
+    source: str,
+    env: Mapping[str, str] | None = None,
+    registry: DriverRegistry | None = None,
+) -> EdgeConfig:
+    """Two-stage validation; raises :class:`ConfigError` listing every problem found."""
+    registry = registry or DriverRegistry()
+    problems: list[Problem] = []
+    doc = substitute_env(doc, environ() if env is None else env, "", problems)
+    envelope = validate(EdgeEnvelope, doc, "", problems)
+    raw_buses = doc.get("buses") if isinstance(doc.get("buses"), list) else []
+    raw_devices = doc.get("devices") if isinstance(doc.get("devices"), list) else []
+    buses = _validate_buses(raw_buses, registry, problems)
+    devices = _validate_devices(raw_devices, raw_buses, registry, problems)
+    if problems or envelope is None:
+        raise ConfigError(source, problems)
+    return EdgeConfig(source, envelope.agent, envelope.mqtt, envelope.publish, buses, devices)
+
+
+def _driver_of(raw: Any, path: str, registry: DriverRegistry, problems: list[Problem]) -> Any:
+    if not isinstance(raw, dict):
+        return None
+    name = raw.get("driver")
+    if name is None:
+        problems.append(
+            Problem(join_path(path, "driver"), f"required field is missing; installed drivers: "
+                    f"{', '.join(registry.names())}")
+        )
+        return None
+    try:
+        return registry.get(str(name))
+    except DriverNotFound as exc:
+        problems.append(Problem(join_path(path, "driver"), str(exc)))
+        return None
+
+
+def _validate_buses(
+    raw_buses: list[Any], registry: DriverRegistry, problems: list[Problem]
+) -> list[BusBase]:
+    out: list[BusBase] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_buses):
+        path = f"buses[{i}]"
+        plugin = _driver_of(raw, path, registry, problems)
+        if plugin is None:
+            continue
+        bus = validate(plugin.bus_model, raw, path, problems)
+        if bus is None:
+            continue
+        if bus.name in seen:
+            problems.append(
+                Problem(f"{path}.name", f"duplicate bus name {bus.name!r} (first at "
+                        f"buses[{seen[bus.name]}]); bus names must be unique")
+            )
+        seen.setdefault(bus.name, i)
+        out.append(bus)
+    return out
+
+
+def _validate_devices(
+    raw_devices: list[Any],
+    raw_buses: list[Any],
+    registry: DriverRegistry,
+    problems: list[Problem],
+) -> list[DeviceBase]:
+    drivers = {
+        str(b.get("name")): b.get("driver") for b in raw_buses if isinstance(b, dict)
+    }
+    out: list[DeviceBase] = []
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_devices):
+        path = f"devices[{i}]"
+        if not isinstance(raw, dict):
+            problems.append(Problem(path, "expected a mapping with name, bus, points..."))
+            continue
+        bus_name = raw.get("bus")
+        if bus_name is None:
+            problems.append(Problem(f"{path}.bus", "required field is missing; name one of the "
+                                    f"buses: {', '.join(drivers) or '(none defined)'}"))
+            continue
+        if str(bus_name) not in drivers:
+            problems.append(
+                Problem(f"{path}.bus", f"no bus named {bus_name!r}; defined buses: "
+                        f"{', '.join(drivers) or '(none)'}. Add it under `buses:` or fix the name")
+            )
+            continue
+        try:
+            plugin = registry.get(str(drivers[str(bus_name)]))
+        except DriverNotFound:
+            continue  # already reported on the bus
+        _check_point_names(raw, path, problems)
+        device = validate(plugin.device_model, raw, path, problems)
+        if device is None:
+            continue
+        if device.name in seen:
+            problems.append(
+                Problem(f"{path}.name", f"duplicate device name {device.name!r} (first at "
+                        f"devices[{seen[device.name]}]); device names must be unique per agent")
+            )
+        seen.setdefault(device.name, i)
+        out.append(device)
+    return out
+
+
+def _check_point_names(raw: dict[str, Any], path: str, problems: list[Problem]) -> None:
+    """Duplicate point names, found on the raw mapping so they are reported even when another
+    field of the same point is wrong (all problems at once)."""
+    points = raw.get("points")
+    if not isinstance(points, list):
+        return
+    seen: dict[str, int] = {}
+    for j, point in enumerate(points):
+        name = point.get("name") if isinstance(point, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append(
+                Problem(f"{path}.points[{j}].name", f"duplicate point name {name!r} (first at "
+                        f"points[{seen[name]}]); point names must be unique within a device")
+            )
+        seen.setdefault(name, j)
+
+
+def edge_json_schema(registry: DriverRegistry | None = None) -> dict[str, Any]:
+    """The JSON Schema of an agent file, with every installed driver's bus and device models."""
+    registry = registry or DriverRegistry()
+    plugins = [registry.get(name) for name in registry.names()]
+    bus_types = tuple(p.bus_model for p in plugins)
+    device_types = tuple(p.device_model for p in plugins)
+    bus_union: Any = Union[bus_types] if len(bus_types) > 1 else bus_types[0]  # noqa: UP007
+    device_union: Any = Union[device_types] if len(device_types) > 1 else device_types[0]  # noqa: UP007
+    model = create_model(
+        "EdgeConfig",
+        __base__=EdgeEnvelope,
+        buses=(list[bus_union], Field(description="Field buses, each owned by one task.")),
+        devices=(list[device_union], Field(description="Devices to poll.")),
+    )
+    schema = model.model_json_schema()
+    schema["title"] = "fieldlink agent config (kind: edge)"
+    return schema

@@ -1,0 +1,78 @@
+"""The agent: one publisher and one worker per bus, owned by one task group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from config.edge import EdgeConfig
+from drivers.registry import DriverRegistry
+from edge.publisher import Publisher
+from edge.scheduler import BusWorker, ScheduledDevice
+
+log = logging.getLogger("fieldlink.edge")
+
+
+@dataclass
+class AgentPlan:
+    workers: list[BusWorker]
+    publisher: Publisher
+
+
+def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> AgentPlan:
+    registry = registry or DriverRegistry()
+    publisher = Publisher(config.agent.site, config.agent.id, config.mqtt, config.publish)
+    workers: list[BusWorker] = []
+    for bus in config.buses:
+        plugin = registry.get(bus.driver)
+        devices = [
+            ScheduledDevice(d, plugin.compile_device(d))
+            for d in config.devices
+            if d.bus == bus.name and d.enabled
+        ]
+        if not devices:
+            log.info("bus %s has no enabled devices; not opened", bus.name)
+            continue
+        workers.append(BusWorker(bus.name, plugin.open_bus(bus), devices, publisher.submit))
+    return AgentPlan(workers, publisher)
+
+
+async def run_agent(
+    config: EdgeConfig,
+    *,
+    stop: asyncio.Event,
+    registry: DriverRegistry | None = None,
+    ready: Callable[[], None] | None = None,
+    drain_timeout: float = 5.0,
+) -> int:
+    """Run until ``stop`` is set; then stop polling, flush what is queued, and return."""
+    plan = build_agent(config, registry)
+    devices = sum(len(w.devices) for w in plan.workers)
+    log.info(
+        "agent %s/%s: %d device(s) on %d bus(es), publishing to %s on %s:%d",
+        config.agent.site, config.agent.id, devices, len(plan.workers),
+        plan.publisher.topic, config.mqtt.host, config.mqtt.port,
+    )
+    async with asyncio.TaskGroup() as group:
+        publish_task = group.create_task(plan.publisher.run(), name="mqtt-publisher")
+        pollers = [group.create_task(w.run(), name=f"bus-{w.name}") for w in plan.workers]
+        if ready is not None:
+            ready()
+        await stop.wait()
+        for task in pollers:
+            task.cancel()
+        await asyncio.gather(*pollers, return_exceptions=True)
+        if not await plan.publisher.drain(drain_timeout):
+            log.warning(
+                "shutdown: %d reading(s) not acknowledged by the broker within %.0f s were lost",
+                plan.publisher.pending, drain_timeout,
+            )
+        publish_task.cancel()
+    stats = plan.publisher.stats
+    log.info(
+        "agent stopped: %d reading(s) in %d message(s) published, %d dropped",
+        stats.readings, stats.messages, stats.dropped,
+    )
+    return 0

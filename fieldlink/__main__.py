@@ -1,0 +1,5 @@
+import sys
+
+from fieldlink.cli import main
+
+sys.exit(main())
