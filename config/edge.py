@@ -96,13 +96,18 @@ def validate_edge(
     problems: list[Problem] = []
     doc = substitute_env(doc, environ() if env is None else env, "", problems)
     envelope = validate(EdgeEnvelope, doc, "", problems)
-    raw_buses = doc.get("buses") if isinstance(doc.get("buses"), list) else []
-    raw_devices = doc.get("devices") if isinstance(doc.get("devices"), list) else []
+    raw_buses = _list_or_empty(doc.get("buses"))
+    raw_devices = _list_or_empty(doc.get("devices"))
     buses = _validate_buses(raw_buses, registry, problems)
     devices = _validate_devices(raw_devices, raw_buses, registry, problems)
     if problems or envelope is None:
         raise ConfigError(source, problems)
     return EdgeConfig(source, envelope.agent, envelope.mqtt, envelope.publish, buses, devices)
+
+
+def _list_or_empty(value: Any) -> list[Any]:
+    # A wrong type here was already reported by the envelope; stage two just skips it.
+    return value if isinstance(value, list) else []
 
 
 def _driver_of(raw: Any, path: str, registry: DriverRegistry, problems: list[Problem]) -> Any:
@@ -111,8 +116,10 @@ def _driver_of(raw: Any, path: str, registry: DriverRegistry, problems: list[Pro
     name = raw.get("driver")
     if name is None:
         problems.append(
-            Problem(join_path(path, "driver"), f"required field is missing; installed drivers: "
-                    f"{', '.join(registry.names())}")
+            Problem(
+                join_path(path, "driver"),
+                f"required field is missing; installed drivers: {', '.join(registry.names())}",
+            )
         )
         return None
     try:
@@ -137,8 +144,11 @@ def _validate_buses(
             continue
         if bus.name in seen:
             problems.append(
-                Problem(f"{path}.name", f"duplicate bus name {bus.name!r} (first at "
-                        f"buses[{seen[bus.name]}]); bus names must be unique")
+                Problem(
+                    f"{path}.name",
+                    f"duplicate bus name {bus.name!r} (first at "
+                    f"buses[{seen[bus.name]}]); bus names must be unique",
+                )
             )
         seen.setdefault(bus.name, i)
         out.append(bus)
@@ -151,9 +161,7 @@ def _validate_devices(
     registry: DriverRegistry,
     problems: list[Problem],
 ) -> list[DeviceBase]:
-    drivers = {
-        str(b.get("name")): b.get("driver") for b in raw_buses if isinstance(b, dict)
-    }
+    drivers = {str(b.get("name")): b.get("driver") for b in raw_buses if isinstance(b, dict)}
     out: list[DeviceBase] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_devices):
@@ -163,13 +171,21 @@ def _validate_devices(
             continue
         bus_name = raw.get("bus")
         if bus_name is None:
-            problems.append(Problem(f"{path}.bus", "required field is missing; name one of the "
-                                    f"buses: {', '.join(drivers) or '(none defined)'}"))
+            problems.append(
+                Problem(
+                    f"{path}.bus",
+                    "required field is missing; name one of the "
+                    f"buses: {', '.join(drivers) or '(none defined)'}",
+                )
+            )
             continue
         if str(bus_name) not in drivers:
             problems.append(
-                Problem(f"{path}.bus", f"no bus named {bus_name!r}; defined buses: "
-                        f"{', '.join(drivers) or '(none)'}. Add it under `buses:` or fix the name")
+                Problem(
+                    f"{path}.bus",
+                    f"no bus named {bus_name!r}; defined buses: "
+                    f"{', '.join(drivers) or '(none)'}. Add it under `buses:` or fix the name",
+                )
             )
             continue
         try:
@@ -182,8 +198,11 @@ def _validate_devices(
             continue
         if device.name in seen:
             problems.append(
-                Problem(f"{path}.name", f"duplicate device name {device.name!r} (first at "
-                        f"devices[{seen[device.name]}]); device names must be unique per agent")
+                Problem(
+                    f"{path}.name",
+                    f"duplicate device name {device.name!r} (first at "
+                    f"devices[{seen[device.name]}]); device names must be unique per agent",
+                )
             )
         seen.setdefault(device.name, i)
         out.append(device)
@@ -203,8 +222,11 @@ def _check_point_names(raw: dict[str, Any], path: str, problems: list[Problem]) 
             continue
         if name in seen:
             problems.append(
-                Problem(f"{path}.points[{j}].name", f"duplicate point name {name!r} (first at "
-                        f"points[{seen[name]}]); point names must be unique within a device")
+                Problem(
+                    f"{path}.points[{j}].name",
+                    f"duplicate point name {name!r} (first at "
+                    f"points[{seen[name]}]); point names must be unique within a device",
+                )
             )
         seen.setdefault(name, j)
 

@@ -47,9 +47,7 @@ def read_document(path: Path) -> dict[str, Any]:
     return doc
 
 
-def substitute_env(
-    value: Any, env: Mapping[str, str], path: str, problems: list[Problem]
-) -> Any:
+def substitute_env(value: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
     """Return ``value`` with ``${VAR}`` filled in; record an unset variable as a problem."""
     if isinstance(value, str):
         return _substitute_text(value, env, path, problems)

@@ -43,8 +43,9 @@ class DriverRegistry:
         if name in self._loaded:
             return self._loaded[name]
         if name in self._conflicts:
+            sources = ", ".join(self._conflicts[name])
             raise DriverNotFound(
-                f"driver {name!r} is provided by several packages ({', '.join(self._conflicts[name])}); "
+                f"driver {name!r} is provided by several packages ({sources}); "
                 "uninstall all but one"
             )
         entry = self._entries.get(name)

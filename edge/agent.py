@@ -52,8 +52,13 @@ async def run_agent(
     devices = sum(len(w.devices) for w in plan.workers)
     log.info(
         "agent %s/%s: %d device(s) on %d bus(es), publishing to %s on %s:%d",
-        config.agent.site, config.agent.id, devices, len(plan.workers),
-        plan.publisher.topic, config.mqtt.host, config.mqtt.port,
+        config.agent.site,
+        config.agent.id,
+        devices,
+        len(plan.workers),
+        plan.publisher.topic,
+        config.mqtt.host,
+        config.mqtt.port,
     )
     async with asyncio.TaskGroup() as group:
         publish_task = group.create_task(plan.publisher.run(), name="mqtt-publisher")
@@ -64,15 +69,21 @@ async def run_agent(
         for task in pollers:
             task.cancel()
         await asyncio.gather(*pollers, return_exceptions=True)
-        if not await plan.publisher.drain(drain_timeout):
+        try:
+            async with asyncio.timeout(drain_timeout):
+                await plan.publisher.drain()
+        except TimeoutError:
             log.warning(
                 "shutdown: %d reading(s) not acknowledged by the broker within %.0f s were lost",
-                plan.publisher.pending, drain_timeout,
+                plan.publisher.pending,
+                drain_timeout,
             )
         publish_task.cancel()
     stats = plan.publisher.stats
     log.info(
         "agent stopped: %d reading(s) in %d message(s) published, %d dropped",
-        stats.readings, stats.messages, stats.dropped,
+        stats.readings,
+        stats.messages,
+        stats.dropped,
     )
     return 0

@@ -16,7 +16,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Delay before the next attempt; grows after every call until :meth:`reset`."""
-        self._current = self.initial if self._current == 0 else min(self._current * self.factor, self.maximum)
+        self._current = (
+            self.initial if self._current == 0 else min(self._current * self.factor, self.maximum)
+        )
         # Jitter in [current/2, current]: never zero (no hot loop), still spread out.
         return self._current / 2 + self.rng.random() * self._current / 2
 

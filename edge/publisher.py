@@ -81,7 +81,8 @@ class Publisher:
             if self.stats.dropped == 0:
                 log.warning(
                     "publish queue full (%d readings): dropping the oldest; the broker is "
-                    "away or too slow", self._cfg.queue_size
+                    "away or too slow",
+                    self._cfg.queue_size,
                 )
             for _ in range(overflow):
                 self._queue.popleft()
@@ -96,7 +97,9 @@ class Publisher:
             try:
                 async with self._client() as client:
                     if not first_failure:
-                        log.info("connected to MQTT broker %s:%d again", self._mqtt.host, self._mqtt.port)
+                        log.info(
+                            "connected to MQTT broker %s:%d again", self._mqtt.host, self._mqtt.port
+                        )
                     first_failure = True
                     self._backoff.reset()
                     self._connected.set()
@@ -107,7 +110,9 @@ class Publisher:
                 if first_failure:
                     log.warning(
                         "MQTT broker %s:%d: %s; readings are kept and retried",
-                        self._mqtt.host, self._mqtt.port, exc,
+                        self._mqtt.host,
+                        self._mqtt.port,
+                        exc,
                     )
                     first_failure = False
                 await asyncio.sleep(self._backoff.next_delay())
@@ -115,19 +120,14 @@ class Publisher:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every queued reading was acknowledged; False if the deadline passed."""
+    async def drain(self) -> None:
+        """Send what is queued without waiting for full batches; return once the broker
+        acknowledged all of it. The caller bounds the wait with ``asyncio.timeout``."""
         self._flushing = True
-        self._wakeup.set()
-        try:
-            async with asyncio.timeout(timeout):
-                while self._queue:
-                    self._wakeup.set()
-                    # Polling is fine here: this runs once, at shutdown.
-                    await asyncio.sleep(0.02)
-        except TimeoutError:
-            return False
-        return True
+        while self._queue:
+            self._wakeup.set()
+            # Polling is fine here: this runs once, at shutdown.
+            await asyncio.sleep(0.02)
 
     def _client(self) -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -144,10 +144,14 @@ class Publisher:
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         while True:
             await self._wait_for_batch()
-            batch = [self._queue.popleft() for _ in range(min(self._cfg.max_batch, len(self._queue)))]
+            batch = [
+                self._queue.popleft() for _ in range(min(self._cfg.max_batch, len(self._queue)))
+            ]
             self._oldest_at = self._clock() if self._queue else None
             try:
-                await client.publish(self._topic, encode_batch(self._site, self._agent, batch), qos=1)
+                await client.publish(
+                    self._topic, encode_batch(self._site, self._agent, batch), qos=1
+                )
             except BaseException:
                 # Not acknowledged: the batch goes back to the front, in order, to be retried.
                 self._queue.extendleft(reversed(batch))

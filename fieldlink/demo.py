@@ -42,7 +42,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     demo = subparsers.add_parser(
         "demo", help="run a simulated plant → agent → Mosquitto → ingester → InfluxDB, end to end"
     )
-    demo.add_argument("--duration", type=float, default=20.0, help="seconds of live data (default 20)")
+    demo.add_argument(
+        "--duration", type=float, default=20.0, help="seconds of live data (default 20)"
+    )
     demo.add_argument(
         "--mqtt",
         default=os.environ.get("FIELDLINK_DEMO_MQTT"),
@@ -55,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="use this running InfluxDB 1.x instead of starting one ($FIELDLINK_DEMO_INFLUX)",
     )
-    demo.add_argument("--workdir", type=Path, help="keep configs, logs and data here (default: a temp dir)")
+    demo.add_argument(
+        "--workdir", type=Path, help="keep configs, logs and data here (default: a temp dir)"
+    )
     demo.set_defaults(handler=_run)
 
 
@@ -99,14 +103,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def _missing_binaries(args: argparse.Namespace) -> list[str]:
     needs = []
-    if not args.mqtt and shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        needs.append(("mosquitto", "mosquitto"))
+    if (
+        not args.mqtt
+        and shutil.which("mosquitto") is None
+        and not Path("/usr/sbin/mosquitto").exists()
+    ):
+        needs.append(("mosquitto", "mosquitto", "mqtt"))
     if not args.influx and shutil.which("influxd") is None:
-        needs.append(("influxd", "influxdb"))
+        needs.append(("influxd", "influxdb", "influx"))
     return [
         f"{binary} is not installed: on Debian/Ubuntu run `sudo apt-get install {package}` "
-        f"(or point the demo at a running one with --{'mqtt' if binary == 'mosquitto' else 'influx'})"
-        for binary, package in needs
+        f"(or point the demo at a running one with --{flag})"
+        for binary, package, flag in needs
     ]
 
 
@@ -138,7 +146,9 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
         stack.callback(procs.stop_all)
 
         ports_file = workdir / "sim-ports.json"
-        procs.start("sim", ["sim", "run", str(EXAMPLES / "demo-sim.yaml"), "--ports-file", str(ports_file)])
+        procs.start(
+            "sim", ["sim", "run", str(EXAMPLES / "demo-sim.yaml"), "--ports-file", str(ports_file)]
+        )
         ports = _wait_for_ports(ports_file, procs, timeout=15)
         for device, info in ports.items():
             env[f"DEMO_{device.upper().replace('-', '_')}_PORT"] = str(info["port"])
@@ -163,19 +173,43 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             ("Latest value of every point (fieldlink query latest)", ["latest"]),
             (
                 "meter-1 voltage, mean per 5 s (fieldlink query range)",
-                ["range", "--device", "meter-1", "--point", "voltage", "--from", "-2m", "--every", "5s", "--agg", "mean"],
+                [
+                    "range",
+                    "--device",
+                    "meter-1",
+                    "--point",
+                    "voltage",
+                    "--from",
+                    "-2m",
+                    "--every",
+                    "5s",
+                    "--agg",
+                    "mean",
+                ],
             ),
         ):
             console.rule(title)
             subprocess.run(
-                [sys.executable, "-m", "fieldlink", "query", *query_args, "-c", str(EXAMPLES / "demo-cloud.yaml")],
+                [
+                    sys.executable,
+                    "-m",
+                    "fieldlink",
+                    "query",
+                    *query_args,
+                    "-c",
+                    str(EXAMPLES / "demo-cloud.yaml"),
+                ],
                 env=env,
                 check=False,
             )
         devices = _devices_stored(influx_url)
-        console.print(f"\ndevices with readings in InfluxDB: {', '.join(sorted(devices)) or 'none'}")
+        console.print(
+            f"\ndevices with readings in InfluxDB: {', '.join(sorted(devices)) or 'none'}"
+        )
         ok = len(devices) >= 3 and stored >= published > 0
-        console.print("[green]demo OK[/green]" if ok else "[red]demo FAILED[/red] (see logs in the workdir)")
+        console.print(
+            "[green]demo OK[/green]" if ok else "[red]demo FAILED[/red] (see logs in the workdir)"
+        )
         return 0 if ok else 1
     return 1
 
@@ -204,8 +238,12 @@ class _Children:
     def check_alive(self) -> None:
         for name, (proc, _) in self._procs.items():
             if proc.poll() is not None:
-                tail = (self._workdir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
-                raise SystemExit(f"fieldlink {name} exited with {proc.returncode}:\n" + "\n".join(tail))
+                tail = (
+                    (self._workdir / f"{name}.log").read_text(errors="replace").splitlines()[-15:]
+                )
+                raise SystemExit(
+                    f"fieldlink {name} exited with {proc.returncode}:\n" + "\n".join(tail)
+                )
 
     def stop(self, name: str, timeout: float = 15) -> None:
         proc, log = self._procs.pop(name)
@@ -237,14 +275,15 @@ def _wait_for_ports(path: Path, procs: _Children, timeout: float) -> dict[str, d
 @contextlib.contextmanager
 def _watch_broker(host: str, port: int, state: LiveState) -> Iterator[object]:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
     from wire.topics import data_subscription
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fieldlink-demo-view")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fieldlink-demo-view")
     subscribed = threading.Event()
     client.on_connect = lambda c, *_: c.subscribe(data_subscription(), qos=1)
     client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda _c, _u, msg: state.take(msg.payload)
+    client.on_message = lambda _c, _u, msg: state.take(bytes(msg.payload))
     client.connect(host, port)
     client.loop_start()
     try:
@@ -256,7 +295,9 @@ def _watch_broker(host: str, port: int, state: LiveState) -> Iterator[object]:
         client.loop_stop()
 
 
-def _live_view(console: Console, state: LiveState, duration: float, procs: _Children, influx_url: str) -> None:
+def _live_view(
+    console: Console, state: LiveState, duration: float, procs: _Children, influx_url: str
+) -> None:
     end = time.monotonic() + duration
     last_count = time.monotonic()
     stored = 0
@@ -283,8 +324,16 @@ def _table(state: LiveState, stored: int, remaining: float) -> Table:
         table.add_column(column, justify="right" if column in ("value", "age") else "left")
     now = time.time_ns()
     for (device, point), r in rows:
-        value = f"{r.value:.3f}" if isinstance(r.value, float) else str(r.value if r.value is not None else "—")
-        quality = r.quality.value if r.quality is Quality.GOOD else f"[red]{r.quality.value}: {r.reason}[/red]"
+        value = (
+            f"{r.value:.3f}"
+            if isinstance(r.value, float)
+            else str(r.value if r.value is not None else "—")
+        )
+        quality = (
+            r.quality.value
+            if r.quality is Quality.GOOD
+            else f"[red]{r.quality.value}: {r.reason}[/red]"
+        )
         table.add_row(device, point, value, r.unit or "", quality, f"{(now - r.ts_ns) / 1e9:.1f} s")
     return table
 
@@ -329,7 +378,11 @@ def _wait_stored(url: str, expected: int, timeout: float) -> int:
 
 def _devices_stored(url: str) -> set[str]:
     devices: set[str] = set()
-    for s in _series(_influx_query(url, "SELECT count(value) FROM readings WHERE quality = 'good' GROUP BY device")):
+    for s in _series(
+        _influx_query(
+            url, "SELECT count(value) FROM readings WHERE quality = 'good' GROUP BY device"
+        )
+    ):
         tags = s.get("tags")
         if isinstance(tags, dict) and "device" in tags:
             devices.add(str(tags["device"]))

@@ -57,4 +57,6 @@ def test_check_reports_every_file_and_fails_if_one_is_bad() -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = run_check("nope.yaml", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr == "nope.yaml: 1 problem\n  cannot read the file: No such file or directory\n"
+    assert (
+        result.stderr == "nope.yaml: 1 problem\n  cannot read the file: No such file or directory\n"
+    )

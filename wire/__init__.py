@@ -12,7 +12,7 @@ from wire.codec import (
     encode_batch,
 )
 from wire.model import Quality, Reading, Value
-from wire.topics import TopicError, data_topic, data_subscription, parse_data_topic
+from wire.topics import TopicError, data_subscription, data_topic, parse_data_topic
 
 __all__ = [
     "PAYLOAD_SCHEMA",

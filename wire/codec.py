@@ -43,7 +43,9 @@ class Batch:
     seq: int | None = None
 
 
-def encode_batch(site: str, agent: str, readings: Iterable[Reading], seq: int | None = None) -> bytes:
+def encode_batch(
+    site: str, agent: str, readings: Iterable[Reading], seq: int | None = None
+) -> bytes:
     """Pack readings into one message, grouping consecutive readings of one device and time."""
     groups: list[dict[str, Any]] = []
     key: tuple[str, str, int] | None = None
@@ -150,7 +152,7 @@ def _point(entry: object, path: str, asset: str, device: str, ts: int) -> Readin
 
 def _value(v: object, path: str) -> Value | None:
     if v is None or type(v) is bool or type(v) is int:
-        return v  # type: ignore[return-value]
+        return v
     if type(v) is float:
         if not math.isfinite(v):
             raise PayloadError(f"{path}: {v} is not a finite number")

@@ -43,7 +43,9 @@ def parse_data_topic(topic: str, *, root: str = ROOT) -> tuple[str, str]:
     if len(parts) != 5 or parts[0] != root or parts[4] != "data":
         raise TopicError(f"topic {topic!r} is not {root}/{VERSION}/<site>/<agent>/data")
     if parts[1] != VERSION:
-        raise TopicError(f"topic {topic!r} has wire version {parts[1]!r}; this side speaks {VERSION}")
+        raise TopicError(
+            f"topic {topic!r} has wire version {parts[1]!r}; this side speaks {VERSION}"
+        )
     site, agent = parts[2], parts[3]
     if not (is_valid_id(site) and is_valid_id(agent)):
         raise TopicError(f"topic {topic!r} has a site or agent id outside {ID_PATTERN}")

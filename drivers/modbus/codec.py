@@ -61,7 +61,7 @@ _STRUCT = {
 
 
 class CodecError(ValueError):
-    """Registers that cannot be decoded as asked (wrong count), or a value that cannot be encoded."""
+    """Registers that cannot be decoded as asked, or a value that cannot be encoded."""
 
 
 def register_count(kind: RegisterType, length: int | None = None) -> int:
@@ -80,7 +80,9 @@ def decode(kind: RegisterType, order: WordOrder, registers: Sequence[int]) -> in
         return raw.split(b"\0", 1)[0].decode("latin-1").rstrip(" ")
     fmt = _STRUCT[kind]
     if len(raw) != struct.calcsize(fmt):
-        raise CodecError(f"{kind.value} needs {struct.calcsize(fmt) // 2} registers, got {len(registers)}")
+        raise CodecError(
+            f"{kind.value} needs {struct.calcsize(fmt) // 2} registers, got {len(registers)}"
+        )
     value: int | float = struct.unpack(fmt, raw)[0]
     if kind is RegisterType.FLOAT32:
         return shortest_float32(value, raw)

@@ -29,7 +29,9 @@ class ModbusPoint(PointBase):
     table: Literal["holding", "input"] = Field(
         default="holding", description="Register table: `holding` (FC3) or `input` (FC4)."
     )
-    address: int = Field(ge=0, le=65535, description="Protocol address (0-based) of the first register.")
+    address: int = Field(
+        ge=0, le=65535, description="Protocol address (0-based) of the first register."
+    )
     type: RegisterType = Field(description="How the registers are interpreted.")
     order: WordOrder | None = Field(
         default=None, description="Word/byte order for this point; defaults to the device's."
@@ -48,7 +50,9 @@ class ModbusPoint(PointBase):
             if self.scale != 1.0 or self.offset != 0.0:
                 raise ValueError("@scale: a string point cannot have scale or offset")
         elif self.length is not None:
-            raise ValueError(f"@length: only string points have a length; {self.type.value} has a fixed size")
+            raise ValueError(
+                f"@length: only string points have a length; {self.type.value} has a fixed size"
+            )
         end = self.address + register_count(self.type, self.length)
         if end > 65536:
             raise ValueError(

@@ -44,7 +44,9 @@ def plan_requests(device: ModbusDevice) -> list[ReadRequest]:
                 end = max(end, p_end)
                 continue
             if group:
-                requests.append(ReadRequest(device.unit_id, table, start, end - start, tuple(group)))
+                requests.append(
+                    ReadRequest(device.unit_id, table, start, end - start, tuple(group))
+                )
             group, start, end = [point], point.address, p_end
         if group:
             requests.append(ReadRequest(device.unit_id, table, start, end - start, tuple(group)))

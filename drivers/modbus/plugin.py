@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from drivers.base import BusLink, DeviceProgram
 from config.device import BusBase, DeviceBase
+from drivers.base import BusLink, DeviceProgram
 from drivers.modbus.config import ModbusBus, ModbusDevice
 
 

@@ -24,7 +24,9 @@ class ModbusProgram:
 
     def decode(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> list[Reading]:
         if len(answer) < request.count:
-            return self.fail(request, f"short answer: {len(answer)} of {request.count} registers", ts_ns)
+            return self.fail(
+                request, f"short answer: {len(answer)} of {request.count} registers", ts_ns
+            )
         out: list[Reading] = []
         for point in request.points:
             start = point.address - request.address
@@ -45,7 +47,9 @@ class ModbusProgram:
             # A float register holding NaN/Inf usually means "sensor not available"; it is not
             # a number InfluxDB can store, so it becomes a bad reading that says so.
             return self._bad(point, f"not a finite number ({value})", ts_ns)
-        return Reading(self._asset, self._device, point.name, ts_ns, value, point.unit, Quality.GOOD)
+        return Reading(
+            self._asset, self._device, point.name, ts_ns, value, point.unit, Quality.GOOD
+        )
 
     def fail(self, request: ReadRequest, reason: str, ts_ns: int) -> list[Reading]:
         return [self._bad(p, reason, ts_ns) for p in request.points]
@@ -54,4 +58,3 @@ class ModbusProgram:
         return Reading(
             self._asset, self._device, point.name, ts_ns, None, point.unit, Quality.BAD, reason
         )
-
