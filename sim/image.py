@@ -17,8 +17,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from drivers.modbus.codec import RegisterType, WordOrder, encode
 from config.sim import INTEGER_TYPES, ConstantWave, CounterWave, SimDevice, SimRegister
+from drivers.modbus.codec import RegisterType, WordOrder, encode
 from sim.waves import ValueAt, value_function
 
 Clock = Callable[[], float]

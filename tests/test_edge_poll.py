@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from config.edge import EdgeConfig, validate_edge
+from config.sim import SimConfig
 from drivers.registry import DriverRegistry
 from edge.scheduler import BusWorker, ScheduledDevice
-from sim.config import SimConfig
 from sim.server import SimPlant
 from wire.model import Quality, Reading
 

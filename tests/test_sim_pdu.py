@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from drivers.modbus.codec import RegisterType, WordOrder, decode
 from config.sim import SimDevice
+from drivers.modbus.codec import RegisterType, WordOrder, decode
 from sim.image import RegisterImage
 from sim.pdu import handle_pdu
 
