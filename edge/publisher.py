@@ -74,7 +74,10 @@ class Publisher:
         if not readings:
             return
         if not self._queue:
+            # The publisher may be idle with no deadline; the first reading starts the
+            # max_delay clock, so it must be woken to arm it.
             self._oldest_at = self._clock()
+            self._wakeup.set()
         self._queue.extend(readings)
         overflow = len(self._queue) - self._cfg.queue_size
         if overflow > 0:

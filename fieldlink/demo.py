@@ -119,20 +119,20 @@ def _missing_binaries(args: argparse.Namespace) -> list[str]:
 
 
 def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
-    from fieldlink import localstack
+    from fieldlink.localstack import InfluxDB1, Mosquitto
 
     with contextlib.ExitStack() as stack:
         if args.mqtt:
             mqtt_host, _, port_text = args.mqtt.rpartition(":")
             mqtt_port = int(port_text)
         else:
-            broker = stack.enter_context(localstack.Mosquitto(data_dir=workdir / "mosquitto"))
+            broker = stack.enter_context(Mosquitto(data_dir=workdir / "mosquitto"))
             mqtt_host, mqtt_port = broker.host, broker.port
             console.print(f"started Mosquitto on {mqtt_host}:{mqtt_port}")
         if args.influx:
             influx_url = args.influx.rstrip("/")
         else:
-            influx = stack.enter_context(localstack.InfluxDB1(data_dir=workdir / "influxdb"))
+            influx = stack.enter_context(InfluxDB1(data_dir=workdir / "influxdb"))
             influx_url = influx.url
             console.print(f"started InfluxDB 1.x on {influx_url}")
         env = dict(os.environ)
@@ -173,19 +173,7 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             ("Latest value of every point (fieldlink query latest)", ["latest"]),
             (
                 "meter-1 voltage, mean per 5 s (fieldlink query range)",
-                [
-                    "range",
-                    "--device",
-                    "meter-1",
-                    "--point",
-                    "voltage",
-                    "--from",
-                    "-2m",
-                    "--every",
-                    "5s",
-                    "--agg",
-                    "mean",
-                ],
+                ["range", "--device=meter-1", "--point=voltage", "--from=-2m", "--every=5s"],
             ),
         ):
             console.rule(title)
