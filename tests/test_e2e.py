@@ -13,6 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from helpers import InfluxDatabase, async_wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
 from cloud.config import CloudConfig
@@ -22,7 +23,6 @@ from config.sim import SimConfig
 from edge.agent import run_agent
 from fieldlink.localstack import Mosquitto, VictoriaMetrics
 from sim.server import SimPlant
-from helpers import InfluxDatabase, async_wait_for
 from wire.codec import decode_batch
 from wire.model import Quality, Reading
 from wire.topics import data_topic
