@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="URL",
         help="use this running InfluxDB 1.x instead of starting one ($FIELDLINK_DEMO_INFLUX)",
     )
+    demo.add_argument("--mosquitto-bin", metavar="PATH", help="the mosquitto executable to run")
+    demo.add_argument("--influxd-bin", metavar="PATH", help="the influxd (1.x) executable to run")
     demo.add_argument(
         "--workdir", type=Path, help="keep configs, logs and data here (default: a temp dir)"
     )
@@ -92,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     missing = _missing_binaries(args)
     if missing:
         for line in missing:
-            console.print(f"[red]{line}[/red]")
+            print(line, file=sys.stderr)
         return 3
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
@@ -102,20 +103,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _missing_binaries(args: argparse.Namespace) -> list[str]:
-    needs = []
-    if (
-        not args.mqtt
-        and shutil.which("mosquitto") is None
-        and not Path("/usr/sbin/mosquitto").exists()
+    from fieldlink.localstack import BinaryNotFoundError, InfluxDB1, Mosquitto
+
+    problems = []
+    for wanted, cls, binary, flag in (
+        (not args.mqtt, Mosquitto, args.mosquitto_bin, "--mqtt HOST:PORT"),
+        (not args.influx, InfluxDB1, args.influxd_bin, "--influx URL"),
     ):
-        needs.append(("mosquitto", "mosquitto", "mqtt"))
-    if not args.influx and shutil.which("influxd") is None:
-        needs.append(("influxd", "influxdb", "influx"))
-    return [
-        f"{binary} is not installed: on Debian/Ubuntu run `sudo apt-get install {package}` "
-        f"(or point the demo at a running one with --{flag})"
-        for binary, package, flag in needs
-    ]
+        if not wanted:
+            continue
+        try:
+            cls.find_binary(binary)
+        except BinaryNotFoundError as exc:
+            problems.append(f"{exc}; or point the demo at a running one with {flag}")
+    return problems
 
 
 def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
@@ -126,13 +127,17 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             mqtt_host, _, port_text = args.mqtt.rpartition(":")
             mqtt_port = int(port_text)
         else:
-            broker = stack.enter_context(Mosquitto(data_dir=workdir / "mosquitto"))
+            broker = stack.enter_context(
+                Mosquitto(data_dir=workdir / "mosquitto", binary=args.mosquitto_bin)
+            )
             mqtt_host, mqtt_port = broker.host, broker.port
             console.print(f"started Mosquitto on {mqtt_host}:{mqtt_port}")
         if args.influx:
             influx_url = args.influx.rstrip("/")
         else:
-            influx = stack.enter_context(InfluxDB1(data_dir=workdir / "influxdb"))
+            influx = stack.enter_context(
+                InfluxDB1(data_dir=workdir / "influxdb", binary=args.influxd_bin)
+            )
             influx_url = influx.url
             console.print(f"started InfluxDB 1.x on {influx_url}")
         env = dict(os.environ)
