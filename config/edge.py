@@ -57,9 +57,13 @@ class EdgeEnvelope(StrictModel):
     in stage two against the model of their driver."""
 
     kind: Literal["edge"] = Field(description="Must be `edge` for an agent config.")
-    agent: AgentSection
-    mqtt: MqttSection = Field(default_factory=MqttSection)
-    publish: PublishSection = Field(default_factory=PublishSection)
+    agent: AgentSection = Field(description="Who this agent is: its id and its site.")
+    mqtt: MqttSection = Field(
+        default_factory=MqttSection, description="The broker readings are published to."
+    )
+    publish: PublishSection = Field(
+        default_factory=PublishSection, description="Batching and the in-memory queue."
+    )
     buses: list[dict[str, Any]] = Field(description="Field buses; see each driver's schema.")
     devices: list[dict[str, Any]] = Field(description="Devices to poll; see each driver's schema.")
 
