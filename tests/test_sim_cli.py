@@ -26,12 +26,23 @@ DEADLINE = 15.0  # seconds for the process to start up or shut down; generous fo
 PLANT = {
     "kind": "sim",
     "devices": [
-        {"name": "meter-1", "unit_id": 1, "gateway": "gw",
-         "registers": [{"address": 0, "type": "uint16", "value": 4242}]},
-        {"name": "meter-2", "unit_id": 2, "gateway": "gw",
-         "registers": [{"address": 0, "type": "uint16", "value": 4343}]},
-        {"name": "pump", "unit_id": 3,
-         "registers": [{"table": "input", "address": 5, "type": "int16", "value": -7}]},
+        {
+            "name": "meter-1",
+            "unit_id": 1,
+            "gateway": "gw",
+            "registers": [{"address": 0, "type": "uint16", "value": 4242}],
+        },
+        {
+            "name": "meter-2",
+            "unit_id": 2,
+            "gateway": "gw",
+            "registers": [{"address": 0, "type": "uint16", "value": 4343}],
+        },
+        {
+            "name": "pump",
+            "unit_id": 3,
+            "registers": [{"table": "input", "address": 5, "type": "int16", "value": -7}],
+        },
     ],
 }
 
@@ -41,9 +52,14 @@ async def sim_process(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """``python -m sim ARGS`` (the `fieldlink` console script is wired up elsewhere)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sim", *args,
-        cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "sim",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         yield process
@@ -156,9 +172,16 @@ async def test_port_in_use_exits_1(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        doc = {"kind": "sim", "devices": [
-            {"name": "a", "port": port, "registers": [{"address": 0, "type": "int16", "value": 1}]}
-        ]}
+        doc = {
+            "kind": "sim",
+            "devices": [
+                {
+                    "name": "a",
+                    "port": port,
+                    "registers": [{"address": 0, "type": "int16", "value": 1}],
+                }
+            ],
+        }
         config = tmp_path / "plant.yaml"
         config.write_text(yaml.safe_dump(doc), encoding="utf-8")
         async with sim_process("run", str(config)) as process:

@@ -63,8 +63,11 @@ def test_defaults_and_value_forms(tmp_path: Path) -> None:
                 "registers": [
                     {"address": 0, "type": "int64", "value": 2**62 + 1},
                     {"address": 4, "type": "float32", "value": {"wave": "constant", "value": 2}},
-                    {"address": 6, "type": "int16", "value": {"wave": "sine", "amplitude": 1,
-                                                              "period": 10}},
+                    {
+                        "address": 6,
+                        "type": "int16",
+                        "value": {"wave": "sine", "amplitude": 1, "period": 10},
+                    },
                     {"address": 7, "type": "uint32", "value": {"wave": "counter"}},
                     {"address": 9, "type": "string", "length": 2, "value": "AB"},
                 ],
@@ -145,8 +148,7 @@ def test_errors_of_all_devices_are_collected(tmp_path: Path) -> None:
         "before starting, or give a default as ${SIM_HOST:-value}",
         "devices[0].registers[0].address: float32 at 65535 needs 2 registers and runs past "
         "the last address (65535)",
-        "devices[1].registers[0].length: a string register needs `length` (registers it "
-        "occupies)",
+        "devices[1].registers[0].length: a string register needs `length` (registers it occupies)",
         "devices[2].registers[0].length: only string registers have a length; int16 has a "
         "fixed size",
         "devices[3].registers[0].adress: unknown field; did you mean 'address'? allowed here: "
@@ -167,39 +169,71 @@ WAVE_HINT = (
         ({"type": "int16", "value": True}, f"value: {WAVE_HINT} (got True)"),
         ({"type": "int16", "value": "12"}, "value: an int16 register needs a number, not text"),
         ({"type": "uint16", "value": "12"}, "value: a uint16 register needs a number, not text"),
-        ({"type": "string", "length": 2, "value": 5}, "value: a string register needs a "
-         "constant text value"),
-        ({"type": "string", "length": 1, "value": "abc"},
-         "value: 'abc' does not fit in 1 registers"),
-        ({"type": "string", "length": 2, "value": "€"},
-         "value: text must be Latin-1 (one byte per character)"),
-        ({"type": "string", "length": 2, "value": "x", "scale": 2},
-         "scale: a string register cannot have scale or offset"),
+        (
+            {"type": "string", "length": 2, "value": 5},
+            "value: a string register needs a constant text value",
+        ),
+        (
+            {"type": "string", "length": 1, "value": "abc"},
+            "value: 'abc' does not fit in 1 registers",
+        ),
+        (
+            {"type": "string", "length": 2, "value": "€"},
+            "value: text must be Latin-1 (one byte per character)",
+        ),
+        (
+            {"type": "string", "length": 2, "value": "x", "scale": 2},
+            "scale: a string register cannot have scale or offset",
+        ),
         ({"type": "int16", "scale": 0, "value": 1}, "scale: must not be 0"),
         ({"type": "int16", "value": float("nan")}, "value: must be a finite number (got nan)"),
-        ({"type": "float32", "value": {"wave": "counter"}},
-         "value: a counter needs an integer register type, not float32"),
-        ({"type": "int16", "value": {"wave": "sine", "amplitude": 1, "period": 0}},
-         "value.period: Input should be greater than 0 (got 0)"),
-        ({"type": "int16", "value": {"wave": "sine", "period": 1}},
-         "value.amplitude: required field is missing"),
-        ({"type": "int16", "value": {"wave": "ramp", "slope": -1, "max": 5}},
-         "value.slope: a ramp with `max` needs a positive slope to reach it"),
-        ({"type": "int16", "value": {"wave": "ramp", "start": 5, "slope": 1, "max": 5}},
-         "value.max: must be greater than start (5.0)"),
-        ({"type": "int16",
-          "value": {"wave": "random_walk", "start": 5, "step": 1, "min": 0, "max": 4}},
-         "value.start: must lie within min..max (0.0..4.0)"),
-        ({"type": "int16",
-          "value": {"wave": "random_walk", "start": 0, "step": 1, "min": 1, "max": 0}},
-         "value.min: must not exceed max (0.0)"),
-        ({"type": "int16", "value": {"wave": "counter", "step": 0}},
-         "value.step: Input should be greater than or equal to 1 (got 0)"),
-        ({"type": "int24", "value": 1},
-         "type: Input should be 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', "
-         "'float32', 'float64' or 'string' (got 'int24')"),
-        ({"type": "int16", "order": "ABDC", "value": 1},
-         "order: Input should be 'ABCD', 'CDAB', 'BADC' or 'DCBA' (got 'ABDC')"),
+        (
+            {"type": "float32", "value": {"wave": "counter"}},
+            "value: a counter needs an integer register type, not float32",
+        ),
+        (
+            {"type": "int16", "value": {"wave": "sine", "amplitude": 1, "period": 0}},
+            "value.period: Input should be greater than 0 (got 0)",
+        ),
+        (
+            {"type": "int16", "value": {"wave": "sine", "period": 1}},
+            "value.amplitude: required field is missing",
+        ),
+        (
+            {"type": "int16", "value": {"wave": "ramp", "slope": -1, "max": 5}},
+            "value.slope: a ramp with `max` needs a positive slope to reach it",
+        ),
+        (
+            {"type": "int16", "value": {"wave": "ramp", "start": 5, "slope": 1, "max": 5}},
+            "value.max: must be greater than start (5.0)",
+        ),
+        (
+            {
+                "type": "int16",
+                "value": {"wave": "random_walk", "start": 5, "step": 1, "min": 0, "max": 4},
+            },
+            "value.start: must lie within min..max (0.0..4.0)",
+        ),
+        (
+            {
+                "type": "int16",
+                "value": {"wave": "random_walk", "start": 0, "step": 1, "min": 1, "max": 0},
+            },
+            "value.min: must not exceed max (0.0)",
+        ),
+        (
+            {"type": "int16", "value": {"wave": "counter", "step": 0}},
+            "value.step: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"type": "int24", "value": 1},
+            "type: Input should be 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', "
+            "'float32', 'float64' or 'string' (got 'int24')",
+        ),
+        (
+            {"type": "int16", "order": "ABDC", "value": 1},
+            "order: Input should be 'ABCD', 'CDAB', 'BADC' or 'DCBA' (got 'ABDC')",
+        ),
     ],
 )
 def test_register_errors(tmp_path: Path, register: dict[str, Any], message: str) -> None:
@@ -230,8 +264,7 @@ def test_port_zero_devices_do_not_share(tmp_path: Path) -> None:
 def test_same_unit_in_one_gateway(tmp_path: Path) -> None:
     doc = {"kind": "sim", "devices": [device("a", gateway="gw"), device("b", gateway="gw")]}
     assert problems(tmp_path, doc) == [
-        "devices[1].unit_id: unit 1 on 127.0.0.1:0 (gateway gw) is already served by "
-        "devices[0] (a)"
+        "devices[1].unit_id: unit 1 on 127.0.0.1:0 (gateway gw) is already served by devices[0] (a)"
     ]
 
 
@@ -257,10 +290,14 @@ def test_duplicate_device_name(tmp_path: Path) -> None:
     ("doc", "message"),
     [
         ({"kind": "edge", "devices": [device()]}, "kind: Input should be 'sim' (got 'edge')"),
-        ({"kind": "sim", "devices": []},
-         "devices: List should have at least 1 item after validation, not 0"),
-        ({"kind": "sim", "devices": [device(unit_id=248)]},
-         "devices[0].unit_id: Input should be less than or equal to 247 (got 248)"),
+        (
+            {"kind": "sim", "devices": []},
+            "devices: List should have at least 1 item after validation, not 0",
+        ),
+        (
+            {"kind": "sim", "devices": [device(unit_id=248)]},
+            "devices[0].unit_id: Input should be less than or equal to 247 (got 248)",
+        ),
     ],
 )
 def test_top_level_errors(tmp_path: Path, doc: dict[str, Any], message: str) -> None:

@@ -311,9 +311,7 @@ async def test_other_protocol_ids_are_ignored() -> None:
         SimPlant(plant_config(unit_device("a", 1, 100))) as plant,
         raw_connection(plant.endpoints()["a"]) as (reader, writer),
     ):
-        writer.write(
-            frame(1, 1, read_pdu(3, 0, 1), protocol=7) + frame(2, 1, read_pdu(3, 0, 1))
-        )
+        writer.write(frame(1, 1, read_pdu(3, 0, 1), protocol=7) + frame(2, 1, read_pdu(3, 0, 1)))
         assert (await read_frame(reader))[0] == 2
 
 
@@ -346,18 +344,43 @@ async def test_waveforms_follow_the_clock() -> None:
         {
             "name": "w",
             "registers": [
-                {"table": "input", "address": 0, "type": "int16", "scale": 0.1,
-                 "value": {"wave": "sine", "amplitude": 10, "period": 60, "offset": 20}},
-                {"table": "input", "address": 1, "type": "int16",
-                 "value": {"wave": "sine", "amplitude": 10, "period": 60, "phase": 90}},
-                {"table": "input", "address": 2, "type": "float32",
-                 "value": {"wave": "ramp", "start": 1, "slope": 2, "max": 11}},
-                {"table": "input", "address": 4, "type": "uint16",
-                 "value": {"wave": "counter", "start": 65534, "step": 1}},
-                {"table": "input", "address": 5, "type": "uint32",
-                 "value": {"wave": "counter", "start": 10, "step": 3, "interval": 10}},
-                {"table": "input", "address": 7, "type": "float32",
-                 "value": {"wave": "constant", "value": 5}},
+                {
+                    "table": "input",
+                    "address": 0,
+                    "type": "int16",
+                    "scale": 0.1,
+                    "value": {"wave": "sine", "amplitude": 10, "period": 60, "offset": 20},
+                },
+                {
+                    "table": "input",
+                    "address": 1,
+                    "type": "int16",
+                    "value": {"wave": "sine", "amplitude": 10, "period": 60, "phase": 90},
+                },
+                {
+                    "table": "input",
+                    "address": 2,
+                    "type": "float32",
+                    "value": {"wave": "ramp", "start": 1, "slope": 2, "max": 11},
+                },
+                {
+                    "table": "input",
+                    "address": 4,
+                    "type": "uint16",
+                    "value": {"wave": "counter", "start": 65534, "step": 1},
+                },
+                {
+                    "table": "input",
+                    "address": 5,
+                    "type": "uint32",
+                    "value": {"wave": "counter", "start": 10, "step": 3, "interval": 10},
+                },
+                {
+                    "table": "input",
+                    "address": 7,
+                    "type": "float32",
+                    "value": {"wave": "constant", "value": 5},
+                },
             ],
         }
     )
@@ -393,9 +416,19 @@ async def test_waveforms_follow_the_clock() -> None:
 RANDOM_WALK = {
     "name": "r",
     "registers": [
-        {"table": "input", "address": 0, "type": "float32",
-         "value": {"wave": "random_walk", "start": 50, "step": 5, "min": 40, "max": 60,
-                   "seed": 42}},
+        {
+            "table": "input",
+            "address": 0,
+            "type": "float32",
+            "value": {
+                "wave": "random_walk",
+                "start": 50,
+                "step": 5,
+                "min": 40,
+                "max": 60,
+                "seed": 42,
+            },
+        },
     ],
 }
 
@@ -495,9 +528,7 @@ def test_protocol_answers_each_complete_frame_exactly_once() -> None:
     assert seen == [read_pdu(3, 1, 1), read_pdu(3, 2, 1)]
     protocol.data_received(stream[-1:])
     assert seen == [read_pdu(3, t, 1) for t in range(1, 4)]
-    assert transport.written == [
-        frame(t, 1, b"\x03\x02\x00" + bytes([t])) for t in range(1, 4)
-    ]
+    assert transport.written == [frame(t, 1, b"\x03\x02\x00" + bytes([t])) for t in range(1, 4)]
 
     # Two frames and a half in one read: one write for both answers, the half is kept.
     transport.written.clear()

@@ -1,0 +1,124 @@
+"""Checks one MQTT message must pass before its readings are written, cheapest first.
+
+A message that fails is *invalid*: it is dead-lettered with the :class:`InvalidKind` (for
+counters and alerting) and a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from cloud.config import IngestSection
+from cloud.errors import CloudError
+from cloud.lineproto import LineProtocolError, batch_lines
+from wire.codec import PayloadError, decode_batch
+from wire.model import Reading
+from wire.topics import TopicError, parse_data_topic
+
+
+class InvalidKind(enum.StrEnum):
+    """Why a message was refused; the label of the `invalid` counters."""
+
+    TOO_LARGE = "too_large"
+    TOPIC = "topic"
+    NOT_JSON = "not_json"
+    PAYLOAD = "payload"
+    MISMATCH = "mismatch"
+    IN_FUTURE = "in_future"
+    TOO_OLD = "too_old"
+    UNWRITABLE = "unwritable"
+
+
+class InvalidMessageError(CloudError):
+    def __init__(self, kind: InvalidKind, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A message that passed: its line-protocol lines, one per reading."""
+
+    site: str
+    agent: str
+    lines: list[bytes]
+
+
+def check_message(
+    topic: str,
+    payload: bytes,
+    *,
+    root: str,
+    measurement: str,
+    limits: IngestSection,
+    now_ns: int,
+) -> Checked:
+    """Validate one message and encode its readings; raise :class:`InvalidMessageError`."""
+    if len(payload) > limits.max_message_bytes:
+        raise InvalidMessageError(
+            InvalidKind.TOO_LARGE,
+            f"{len(payload)} bytes is more than ingest.max_message_bytes "
+            f"({limits.max_message_bytes})",
+        )
+    try:
+        site, agent = parse_data_topic(topic, root=root)
+    except TopicError as exc:
+        raise InvalidMessageError(InvalidKind.TOPIC, str(exc)) from exc
+    try:
+        batch = decode_batch(payload)
+    except PayloadError as exc:
+        # decode_batch chains orjson's error when the bytes are not JSON at all; telling that
+        # apart from a JSON message of the wrong shape helps find the sender.
+        kind = (
+            InvalidKind.NOT_JSON
+            if isinstance(exc.__cause__, orjson.JSONDecodeError)
+            else InvalidKind.PAYLOAD
+        )
+        raise InvalidMessageError(kind, str(exc)) from exc
+    if (batch.site, batch.agent) != (site, agent):
+        raise InvalidMessageError(
+            InvalidKind.MISMATCH,
+            f"the payload says site={batch.site!r} agent={batch.agent!r} but it was published "
+            f"on the topic of site={site!r} agent={agent!r}",
+        )
+    _check_window(batch.readings, limits, now_ns)
+    try:
+        lines = batch_lines(measurement, site, agent, batch.readings)
+    except LineProtocolError as exc:
+        raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc)) from exc
+    return Checked(site=site, agent=agent, lines=lines)
+
+
+def _check_window(readings: list[Reading], limits: IngestSection, now_ns: int) -> None:
+    if not readings:
+        return
+    newest = max(readings, key=lambda r: r.ts_ns)
+    ahead = (newest.ts_ns - now_ns) / 1e9
+    if ahead > limits.max_future:
+        raise InvalidMessageError(
+            InvalidKind.IN_FUTURE,
+            f"{_name(newest)} is stamped {_iso(newest.ts_ns)}, {ahead:.0f} s ahead of the "
+            f"ingester's clock (ingest.max_future: {limits.max_future:g}); check the agent's clock",
+        )
+    if limits.max_age is not None:
+        oldest = min(readings, key=lambda r: r.ts_ns)
+        age = (now_ns - oldest.ts_ns) / 1e9
+        if age > limits.max_age:
+            raise InvalidMessageError(
+                InvalidKind.TOO_OLD,
+                f"{_name(oldest)} is stamped {_iso(oldest.ts_ns)}, {age:.0f} s old "
+                f"(ingest.max_age: {limits.max_age:g})",
+            )
+
+
+def _name(reading: Reading) -> str:
+    return f"{reading.asset}/{reading.device}/{reading.point}"
+
+
+def _iso(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
