@@ -17,7 +17,6 @@ from typing import Any
 
 from rich.console import Console
 
-from cloud.config import CloudConfig, InfluxV1, cloud_json_schema, load_cloud_config
 from cloud.errors import EXIT_CONFIG, EXIT_INFLUX, EXIT_NO_MATCH, EXIT_OK, CloudError
 from cloud.query import (
     AGGREGATES,
@@ -30,6 +29,7 @@ from cloud.query import (
     window_range,
     write_csv,
 )
+from config.cloud import CloudConfig, InfluxV1, cloud_json_schema, load_cloud_config
 from config.errors import ConfigError
 
 __all__ = ["cloud_json_schema", "register"]

@@ -14,7 +14,6 @@ import logging
 import ssl
 from urllib.parse import urlencode, urlsplit
 
-from cloud.config import InfluxV1
 from cloud.errors import (
     InfluxAuthError,
     InfluxConfigError,
@@ -23,6 +22,7 @@ from cloud.errors import (
     InfluxUnavailableError,
 )
 from cloud.influxql import quote_ident
+from config.cloud import InfluxV1
 
 log = logging.getLogger(__name__)
 

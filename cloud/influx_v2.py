@@ -17,13 +17,13 @@ from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
 
-from cloud.config import InfluxV2
 from cloud.errors import (
     InfluxAuthError,
     InfluxConfigError,
     InfluxRejectedError,
     InfluxUnavailableError,
 )
+from config.cloud import InfluxV2
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.config import CloudConfig, InfluxV1
 from cloud.deadletter import Counters, FirstSeen, deadletter_body, deadletter_topic
 from cloud.errors import (
     EXIT_OK,
@@ -38,6 +37,7 @@ from cloud.errors import (
 from cloud.mqtt import Incoming, MqttLink
 from cloud.validate import InvalidMessageError, check_message
 from cloud.writer import Writer, open_writer
+from config.cloud import CloudConfig, InfluxV1
 
 log = logging.getLogger(__name__)
 

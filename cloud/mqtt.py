@@ -38,8 +38,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud.config import MqttSection
 from cloud.errors import MqttError, MqttRefusedError
+from config.cloud import MqttSection
 from wire.topics import data_subscription
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import orjson
 
-from cloud.config import IngestSection
 from cloud.errors import CloudError
 from cloud.lineproto import LineProtocolError, batch_lines
+from config.cloud import IngestSection
 from wire.codec import PayloadError, decode_batch
 from wire.model import Reading
 from wire.topics import TopicError, parse_data_topic

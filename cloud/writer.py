@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from cloud.config import InfluxV1, InfluxV2
+from config.cloud import InfluxV1, InfluxV2
 
 
 class Writer(Protocol):

@@ -13,7 +13,7 @@ from config.loader import read_document
 #: kind → (module, loader function, schema function)
 KINDS: dict[str, tuple[str, str, str]] = {
     "edge": ("config.edge", "load_edge_config", "edge_json_schema"),
-    "cloud": ("cloud.config", "load_cloud_config", "cloud_json_schema"),
+    "cloud": ("config.cloud", "load_cloud_config", "cloud_json_schema"),
     "sim": ("config.sim", "load_sim_config", "sim_json_schema"),
 }
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.config import CloudConfig, InfluxV1, InfluxV2, cloud_json_schema, load_cloud_config
+from config.cloud import CloudConfig, InfluxV1, InfluxV2, cloud_json_schema, load_cloud_config
 from config.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "config" / "examples"

@@ -28,9 +28,9 @@ import pytest
 from helpers import InfluxDatabase, ServiceFactory, async_wait_for, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.config import CloudConfig
 from cloud.errors import EXIT_INFLUX, EXIT_MQTT, EXIT_OK
 from cloud.ingester import Ingester
+from config.cloud import CloudConfig
 from fieldlink.localstack import InfluxDB1, InfluxError, Mosquitto, VictoriaMetrics
 from wire.codec import encode_batch
 from wire.model import Quality, Reading

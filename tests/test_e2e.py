@@ -16,8 +16,8 @@ import pytest
 from helpers import InfluxDatabase, async_wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 
-from cloud.config import CloudConfig
 from cloud.ingester import run_ingester
+from config.cloud import CloudConfig
 from config.edge import validate_edge
 from config.sim import SimConfig
 from edge.agent import run_agent
