@@ -18,16 +18,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from wire.topics import VERSION
-
 #: Bytes of the refused payload kept in its dead letter.
 MAX_DEAD_LETTER_PAYLOAD = 64 * 1024
 #: Source topics remembered for "log once per source"; beyond it, new sources are only counted.
 MAX_LOGGED_SOURCES = 10_000
-
-
-def deadletter_topic(root: str) -> str:
-    return f"{root}/{VERSION}/deadletter"
 
 
 def deadletter_body(topic: str, kind: str, reason: str, payload: bytes, received_ns: int) -> bytes:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cloud.deadletter import Counters, FirstSeen, deadletter_body, deadletter_topic
+from cloud.deadletter import Counters, FirstSeen, deadletter_body
 from cloud.errors import (
     EXIT_OK,
     FatalError,
@@ -38,6 +38,7 @@ from cloud.mqtt import Incoming, MqttLink
 from cloud.validate import InvalidMessageError, check_message
 from cloud.writer import Writer, open_writer
 from config.cloud import CloudConfig, InfluxV1
+from wire.topics import deadletter_topic
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class Ingester:
         self._summary_interval = summary_interval
         self._retry_first = retry_first
         self._retry_cap = retry_cap
-        self._deadletter_topic = deadletter_topic(config.mqtt.topic_root)
+        self._deadletter_topic = deadletter_topic(root=config.mqtt.topic_root)
         self._logged_sources = FirstSeen()
 
     async def run(

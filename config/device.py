@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from config.base import Ident, StrictModel
+from wire.topics import UNIT_PATTERN
 
 
 class BusBase(StrictModel):
@@ -18,8 +19,12 @@ class BusBase(StrictModel):
 
 class PointBase(StrictModel):
     name: Ident = Field(description="Point name, unique within its device; the `point` tag.")
-    unit: Annotated[str, Field(min_length=1, max_length=32)] | None = Field(
-        default=None, description="Engineering unit stored with every reading, e.g. `V`, `degC`."
+    unit: Annotated[str, Field(pattern=UNIT_PATTERN)] | None = Field(
+        default=None,
+        description=(
+            "Engineering unit stored with every reading, e.g. `V`, `degC`, `m3/h`: 1 to 32 "
+            "characters, no backslash or control characters (an InfluxDB tag cannot carry them)."
+        ),
     )
 
 

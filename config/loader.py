@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError, Problem
-from wire.topics import ID_PATTERN
+from wire.topics import ID_PATTERN, UNIT_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -126,7 +126,13 @@ def _message(err: Any, model: type[BaseModel] | None, loc: list[str | int]) -> s
         return "unknown field" + _allowed_hint(model, loc)
     if kind == "missing":
         return "required field is missing"
-    if kind == "string_pattern_mismatch" and (err.get("ctx") or {}).get("pattern") == ID_PATTERN:
+    pattern = (err.get("ctx") or {}).get("pattern")
+    if kind == "string_pattern_mismatch" and pattern == UNIT_PATTERN:
+        return (
+            f"{err.get('input')!r} is not a valid unit: use 1 to 32 characters without "
+            "backslash or control characters"
+        )
+    if kind == "string_pattern_mismatch" and pattern == ID_PATTERN:
         return (
             f"{err.get('input')!r} is not a valid name: use 1 to 128 letters, digits, "
             "'_', '.', ':' or '-', starting with a letter or digit (no spaces or '/')"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from wire.codec import PayloadError, decode_batch, encode_batch
 from wire.model import Quality, Reading
-from wire.topics import TopicError, data_subscription, data_topic, parse_data_topic
+from wire.topics import UNIT_PATTERN, TopicError, data_subscription, data_topic, parse_data_topic
 
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,20}\Z")
 values = st.one_of(
@@ -24,7 +24,7 @@ values = st.one_of(
 @st.composite
 def readings(draw: st.DrawFn) -> Reading:
     quality = draw(st.sampled_from(list(Quality)))
-    unit = draw(st.none() | st.text(min_size=1, max_size=32))
+    unit = draw(st.none() | st.from_regex(UNIT_PATTERN, fullmatch=True))
     common = {
         "asset": draw(ids),
         "device": draw(ids),

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from wire.model import Quality, Reading, Value
-from wire.topics import ID_PATTERN, is_valid_id
+from wire.topics import ID_PATTERN, is_valid_id, is_valid_unit
 
 PAYLOAD_SCHEMA = "fieldlink.batch/1"
 #: Text values longer than this are refused: they would bloat every write downstream.
@@ -134,8 +134,11 @@ def _point(entry: object, path: str, asset: str, device: str, ts: int) -> Readin
     if quality is None:
         raise PayloadError(f"{path}.q: expected one of good, bad, uncertain; got {q_text!r}")
     unit = entry.get("u")
-    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= 32):
-        raise PayloadError(f"{path}.u: expected a unit string of 1 to 32 characters, got {unit!r}")
+    if unit is not None and (not isinstance(unit, str) or not is_valid_unit(unit)):
+        raise PayloadError(
+            f"{path}.u: expected a unit of 1 to 32 characters without backslash or control "
+            f"characters, got {unit!r}"
+        )
     reason = entry.get("r")
     if reason is not None and (not isinstance(reason, str) or not 0 < len(reason) <= 256):
         raise PayloadError(f"{path}.r: expected a reason string of 1 to 256 characters")

@@ -15,6 +15,10 @@ VERSION = "v1"
 #: ids become MQTT topic levels and InfluxDB tag values, and must survive both unchanged.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
+#: What a unit may look like: free text, but no backslash or control character, which an
+#: InfluxDB 1.x tag value cannot carry faithfully.
+UNIT_PATTERN = r"^[^\\\x00-\x1f\x7f]{1,32}$"
+_UNIT_RE = re.compile(UNIT_PATTERN)
 
 
 class TopicError(ValueError):
@@ -25,11 +29,20 @@ def is_valid_id(text: str) -> bool:
     return _ID_RE.match(text) is not None
 
 
+def is_valid_unit(text: str) -> bool:
+    return _UNIT_RE.match(text) is not None
+
+
 def data_topic(site: str, agent: str, *, root: str = ROOT) -> str:
     for name, value in (("site", site), ("agent", agent)):
         if not is_valid_id(value):
             raise TopicError(f"{name} id {value!r} does not match {ID_PATTERN}")
     return f"{root}/{VERSION}/{site}/{agent}/data"
+
+
+def deadletter_topic(*, root: str = ROOT) -> str:
+    """Where an ingester publishes messages it refused, with the reason (see docs/wire.md)."""
+    return f"{root}/{VERSION}/deadletter"
 
 
 def data_subscription(*, root: str = ROOT) -> str:
