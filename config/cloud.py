@@ -16,19 +16,14 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from config.base import Ident, StrictModel
 from config.errors import ConfigError, Problem
 from config.loader import read_document, substitute_env, validate
+from config.mqtt import BrokerSection
 
 #: Messages the broker may have in flight to the ingester, unacknowledged (MQTT 5 Receive
 #: Maximum). Acks wait for InfluxDB, so this also bounds the ingester's memory.
 DEFAULT_RECEIVE_MAXIMUM = 1000
 
 
-class MqttSection(StrictModel):
-    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
-    username: str | None = Field(default=None, description="User name, if the broker wants one.")
-    password: str | None = Field(
-        default=None, description="Password; write it as ${ENV_VAR} rather than in the file."
-    )
+class MqttSection(BrokerSection):
     client_id: str = Field(
         default="fieldlink-ingester",
         min_length=1,
@@ -38,10 +33,6 @@ class MqttSection(StrictModel):
             "unacknowledged messages) under this id while the ingester is down; two ingesters "
             "with one id would take the session from each other."
         ),
-    )
-    keepalive: int = Field(default=30, ge=5, le=3600, description="Keep-alive in seconds.")
-    topic_root: Ident = Field(
-        default="fieldlink", description="First level of every topic; must match the agents'."
     )
     session_expiry: int = Field(
         default=3600,

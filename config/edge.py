@@ -13,6 +13,7 @@ from config.base import Ident, StrictModel
 from config.device import BusBase, DeviceBase
 from config.errors import ConfigError, Problem
 from config.loader import environ, join_path, read_document, substitute_env, validate
+from config.mqtt import BrokerSection
 from drivers.registry import DriverNotFound, DriverRegistry
 
 
@@ -21,18 +22,10 @@ class AgentSection(StrictModel):
     site: Ident = Field(description="Site the agent belongs to; the `site` tag and a topic level.")
 
 
-class MqttSection(StrictModel):
-    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
-    username: str | None = Field(default=None, description="User name, if the broker wants one.")
-    password: str | None = Field(
-        default=None, description="Password; write it as ${ENV_VAR} rather than in the file."
-    )
+class MqttSection(BrokerSection):
     client_id: str | None = Field(
         default=None, description="MQTT client id; defaults to fieldlink-<site>-<agent>."
     )
-    keepalive: int = Field(default=30, ge=5, le=3600, description="Keep-alive in seconds.")
-    topic_root: Ident = Field(default="fieldlink", description="First level of every topic.")
 
 
 class PublishSection(StrictModel):
