@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from config.device import BusBase, DeviceBase
-from wire.model import Reading
+from wire.model import Group
 
 
 class BusLink(Protocol):
@@ -43,11 +43,11 @@ class DeviceProgram(Protocol):
     @property
     def requests(self) -> Sequence[Any]: ...
 
-    def decode(self, request: Any, answer: Any, ts_ns: int) -> list[Reading]:
+    def decode(self, request: Any, answer: Any, ts_ns: int) -> Group:
         """Readings (good or bad, one per point of the request) from a successful answer."""
         ...
 
-    def fail(self, request: Any, reason: str, ts_ns: int) -> list[Reading]:
+    def fail(self, request: Any, reason: str, ts_ns: int) -> Group:
         """Bad readings, one per point of the request, all carrying ``reason``."""
         ...
 

@@ -22,8 +22,8 @@ import aiomqtt
 
 from config.edge import MqttSection, PublishSection
 from edge.backoff import Backoff
-from wire.codec import encode_batch
-from wire.model import Reading
+from wire.codec import encode_groups
+from wire.model import Group
 from wire.topics import data_topic
 
 log = logging.getLogger("fieldlink.edge.mqtt")
@@ -53,7 +53,9 @@ class Publisher:
         self._cfg = publish
         self._clock = clock
         self._topic = data_topic(site, agent, root=mqtt.topic_root)
-        self._queue: deque[Reading] = deque()
+        #: Groups waiting for the broker, oldest first, and the readings they hold in total.
+        self._queue: deque[Group] = deque()
+        self._queued_readings = 0
         self._wakeup = asyncio.Event()
         self._oldest_at: float | None = None
         self._backoff = Backoff()
@@ -68,30 +70,35 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Readings not yet acknowledged by the broker."""
+        return self._queued_readings
 
-    def submit(self, readings: list[Reading]) -> None:
-        if not readings:
+    def submit(self, groups: list[Group]) -> None:
+        if not groups:
             return
         if not self._queue:
             # The publisher may be idle with no deadline; the first reading starts the
             # max_delay clock, so it must be woken to arm it.
             self._oldest_at = self._clock()
             self._wakeup.set()
-        self._queue.extend(readings)
-        overflow = len(self._queue) - self._cfg.queue_size
-        if overflow > 0:
-            if self.stats.dropped == 0:
-                log.warning(
-                    "publish queue full (%d readings): dropping the oldest; the broker is "
-                    "away or too slow",
-                    self._cfg.queue_size,
-                )
-            for _ in range(overflow):
-                self._queue.popleft()
-            self.stats.dropped += overflow
-        if len(self._queue) >= self._cfg.max_batch:
+        self._queue.extend(groups)
+        self._queued_readings += sum(len(g.points) for g in groups)
+        if self._queued_readings > self._cfg.queue_size:
+            self._drop_oldest()
+        if self._queued_readings >= self._cfg.max_batch:
             self._wakeup.set()
+
+    def _drop_oldest(self) -> None:
+        if self.stats.dropped == 0:
+            log.warning(
+                "publish queue full (%d readings): dropping the oldest; the broker is away "
+                "or too slow",
+                self._cfg.queue_size,
+            )
+        while self._queued_readings > self._cfg.queue_size and len(self._queue) > 1:
+            dropped = len(self._queue.popleft().points)
+            self._queued_readings -= dropped
+            self.stats.dropped += dropped
 
     async def run(self) -> None:
         """Connect, publish, reconnect with backoff; until cancelled."""
@@ -147,25 +154,37 @@ class Publisher:
     async def _publish_loop(self, client: aiomqtt.Client) -> None:
         while True:
             await self._wait_for_batch()
-            batch = [
-                self._queue.popleft() for _ in range(min(self._cfg.max_batch, len(self._queue)))
-            ]
-            self._oldest_at = self._clock() if self._queue else None
+            batch = self._take_batch()
+            count = sum(len(g.points) for g in batch)
             try:
-                await client.publish(
-                    self._topic, encode_batch(self._site, self._agent, batch), qos=1
-                )
+                payload = encode_groups(self._site, self._agent, batch)
+                await client.publish(self._topic, payload, qos=1)
             except BaseException:
                 # Not acknowledged: the batch goes back to the front, in order, to be retried.
                 self._queue.extendleft(reversed(batch))
+                self._queued_readings += count
                 self._oldest_at = self._clock()
                 raise
             self.stats.messages += 1
-            self.stats.readings += len(batch)
+            self.stats.readings += count
+
+    def _take_batch(self) -> list[Group]:
+        """Whole groups from the front, up to max_batch readings (at least one group)."""
+        batch: list[Group] = []
+        taken = 0
+        while self._queue:
+            size = len(self._queue[0].points)
+            if batch and taken + size > self._cfg.max_batch:
+                break
+            batch.append(self._queue.popleft())
+            taken += size
+        self._queued_readings -= taken
+        self._oldest_at = self._clock() if self._queue else None
+        return batch
 
     async def _wait_for_batch(self) -> None:
         while True:
-            if len(self._queue) >= self._cfg.max_batch or (self._flushing and self._queue):
+            if self._queued_readings >= self._cfg.max_batch or (self._flushing and self._queue):
                 return
             if self._queue and self._oldest_at is not None:
                 remaining = self._oldest_at + self._cfg.max_delay - self._clock()

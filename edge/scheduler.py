@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 
 from config.device import DeviceBase
 from drivers.base import BusLink, DeviceProgram
-from drivers.errors import DeviceError, DriverError, LinkError
+from drivers.errors import DriverError, LinkError
 from edge.backoff import Backoff
-from wire.model import Reading
+from wire.model import Group
 
 log = logging.getLogger("fieldlink.edge")
 
-Sink = Callable[[list[Reading]], None]
+Sink = Callable[[list[Group]], None]
 
 
 @dataclass
@@ -112,39 +112,33 @@ class BusWorker:
             nxt += missed * interval
         return nxt
 
-    async def poll(self, device: ScheduledDevice) -> list[Reading]:
+    async def poll(self, device: ScheduledDevice) -> list[Group]:
         """Poll one device once: every point yields exactly one reading, good or bad."""
-        readings: list[Reading] = []
+        groups: list[Group] = []
         failure: str | None = None
+        program = device.program
         device.stats.polls += 1
-        for request in device.program.requests:
+        for request in program.requests:
             if not await self._ensure_connected():
-                reason = self._link_failure or "disconnected"
-                readings.extend(device.program.fail(request, reason, self._wall_ns()))
-                failure = reason
+                failure = self._link_failure or "disconnected"
+                groups.append(program.fail(request, failure, self._wall_ns()))
                 continue
             try:
                 answer = await self._link.execute(request)
-            except LinkError as exc:
-                self._lost(exc)
-                readings.extend(device.program.fail(request, exc.reason, self._wall_ns()))
+            except DriverError as exc:
+                if isinstance(exc, LinkError):
+                    self._lost(exc)
                 failure = exc.reason
                 device.stats.failed_requests += 1
-            except DeviceError as exc:
-                readings.extend(device.program.fail(request, exc.reason, self._wall_ns()))
-                failure = exc.reason
-                device.stats.failed_requests += 1
-            except DriverError as exc:  # a driver's own subclass outside the two branches
-                readings.extend(device.program.fail(request, exc.reason, self._wall_ns()))
-                failure = exc.reason
-                device.stats.failed_requests += 1
+                groups.append(program.fail(request, failure, self._wall_ns()))
             else:
-                readings.extend(device.program.decode(request, answer, self._wall_ns()))
+                groups.append(program.decode(request, answer, self._wall_ns()))
         device.stats.last_poll_ns = self._wall_ns()
-        self._note_state(device, failure)
-        if readings:
-            self._sink(readings)
-        return readings
+        if failure != device.failing:
+            self._note_state(device, failure)
+        if groups:
+            self._sink(groups)
+        return groups
 
     async def _ensure_connected(self) -> bool:
         if self._connected:
@@ -171,8 +165,6 @@ class BusWorker:
         self._next_connect = self._clock() + self._backoff.next_delay()
 
     def _note_state(self, device: ScheduledDevice, failure: str | None) -> None:
-        if failure == device.failing:
-            return
         if failure is None:
             log.info("device %s: recovered", device.config.name)
         elif device.failing is None:

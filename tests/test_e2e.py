@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,14 @@ from sim.server import SimPlant
 from wire.codec import decode_batch
 from wire.model import Quality, Reading
 from wire.topics import data_topic
+
+
+def as_float32(value: float) -> float:
+    """The value a float32 register holds: the agent reports it exactly, widened to a double
+    (49.95 is stored as 49.95000076293945)."""
+    result: float = struct.unpack(">f", struct.pack(">f", value))[0]
+    return result
+
 
 SITE = "e2e-site"
 INTERVAL = 0.2
@@ -83,7 +92,7 @@ EXPECTED: dict[tuple[str, str], tuple[Any, str | None]] = {
     ("plc-1", "temp"): (-12.3, "degC"),
     ("plc-1", "position"): (-123456, "mm"),
     ("plc-1", "voltage"): (230.5, "V"),
-    ("plc-1", "freq"): (49.95, "Hz"),
+    ("plc-1", "freq"): (as_float32(49.95), "Hz"),
     ("plc-2", "raw"): (65535, None),
     ("plc-2", "energy"): (4_000_000_000, "Wh"),
     ("plc-2", "status"): ("OK", None),
@@ -289,10 +298,10 @@ async def test_sim_to_victoriametrics_through_the_v2_write_api(
         lambda: asyncio.to_thread(complete), timeout=30, message="readings in VictoriaMetrics"
     )
     for r in numeric:
-        # VictoriaMetrics keeps millisecond timestamps.
-        assert got[(r.device, r.point)][r.ts_ns // 1_000_000] == pytest.approx(
-            r.value, rel=0, abs=0
-        )
+        # VictoriaMetrics keeps millisecond timestamps and 12 significant decimal digits
+        # (its documented storage precision), so 49.95000076293945 comes back 49.9500007629.
+        stored = got[(r.device, r.point)][r.ts_ns // 1_000_000]
+        assert stored == pytest.approx(r.value, rel=1e-12, abs=0)
     labels = victoria.export(f'{{__name__="readings_value",agent="{agent}",point="temp"}}')[0][
         "metric"
     ]

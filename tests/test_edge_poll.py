@@ -4,6 +4,7 @@ bad reading with the right reason for every kind of failure."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 import pytest
@@ -13,7 +14,15 @@ from config.sim import SimConfig
 from drivers.registry import DriverRegistry
 from edge.scheduler import BusWorker, ScheduledDevice
 from sim.server import SimPlant
-from wire.model import Quality, Reading
+from wire.model import Group, Quality, Reading
+
+
+def as_float32(value: float) -> float:
+    """The value a float32 register holds: the agent reports it exactly, widened to a double
+    (49.95 is stored as 49.95000076293945)."""
+    result: float = struct.unpack(">f", struct.pack(">f", value))[0]
+    return result
+
 
 REGISTERS: list[dict[str, Any]] = [
     {"table": "holding", "address": 0, "type": "int16", "scale": 0.1, "value": -12.3},
@@ -45,7 +54,7 @@ EXPECTED = {
     "temp": -12.3,
     "position": -123456,
     "voltage": 230.5,
-    "freq": 49.95,
+    "freq": as_float32(49.95),
     "energy": 4_000_000_000,
     "big": -(2**40),
     "small": 1.0e-3,
@@ -74,11 +83,19 @@ def edge_config(
     return validate_edge(doc, "test", env={})
 
 
-def worker_for(config: EdgeConfig, sink: list[Reading], **kwargs: Any) -> BusWorker:
+def worker_for(config: EdgeConfig, sink: list[Group], **kwargs: Any) -> BusWorker:
     registry = DriverRegistry()
     plugin = registry.get("modbus")
     devices = [ScheduledDevice(d, plugin.compile_device(d)) for d in config.devices]
     return BusWorker("bus", plugin.open_bus(config.buses[0]), devices, sink.extend, **kwargs)
+
+
+def readings_of(groups: list[Group]) -> list[Reading]:
+    return [r for g in groups for r in g.readings()]
+
+
+async def poll(worker: BusWorker) -> list[Reading]:
+    return readings_of(await worker.poll(worker.devices[0]))
 
 
 def by_point(readings: list[Reading]) -> dict[str, Reading]:
@@ -88,14 +105,14 @@ def by_point(readings: list[Reading]) -> dict[str, Reading]:
 async def test_every_type_decodes_to_the_exact_value() -> None:
     async with SimPlant(sim_config(), clock=lambda: 0.0) as plant:
         port = plant.endpoints()["plc"][1]
-        sink: list[Reading] = []
+        sink: list[Group] = []
         worker = worker_for(edge_config(port, POINTS), sink)
-        readings = await worker.poll(worker.devices[0])
+        readings = await poll(worker)
     got = by_point(readings)
     assert {p: r.value for p, r in got.items()} == EXPECTED
     assert all(r.quality is Quality.GOOD for r in readings)
     assert got["temp"].unit == "degC" and got["serial"].unit is None
-    assert sink == readings
+    assert readings_of(sink) == readings
 
 
 async def test_nan_register_becomes_a_bad_reading_with_reason() -> None:
@@ -103,7 +120,7 @@ async def test_nan_register_becomes_a_bad_reading_with_reason() -> None:
         port = plant.endpoints()["plc"][1]
         points = [{"name": "nan", "table": "input", "address": 1, "type": "float32"}]
         worker = worker_for(edge_config(port, points), [])
-        (reading,) = await worker.poll(worker.devices[0])
+        (reading,) = await poll(worker)
     assert reading.quality is Quality.BAD
     assert reading.value is None
     assert reading.reason == "not a finite number (nan)"
@@ -123,7 +140,7 @@ async def test_read_over_a_hole_reports_exception_2_for_that_request_only() -> N
     async with SimPlant(sim_config(registers)) as plant:
         port = plant.endpoints()["plc"][1]
         worker = worker_for(edge_config(port, points), [])
-        got = by_point(await worker.poll(worker.devices[0]))
+        got = by_point(await poll(worker))
     assert got["a"].reason == got["b"].reason == "exception 2 (illegal data address)"
     assert got["a"].quality is Quality.BAD
     assert got["c"].value == 3 and got["c"].quality is Quality.GOOD
@@ -133,7 +150,7 @@ async def test_unit_that_never_answers_is_reported_as_timeout() -> None:
     async with SimPlant(sim_config()) as plant:
         port = plant.endpoints()["plc"][1]
         worker = worker_for(edge_config(port, POINTS[:2], unit_id=9), [])
-        readings = await worker.poll(worker.devices[0])
+        readings = await poll(worker)
     assert [r.reason for r in readings] == ["timeout", "timeout"]
     assert worker.devices[0].failing == "timeout"
 
@@ -144,17 +161,17 @@ async def test_dead_endpoint_is_disconnected_then_recovers_on_same_port() -> Non
         port = plant.endpoints()["plc"][1]
     # The plant is closed: nothing listens on the port any more.
     worker = worker_for(edge_config(port, POINTS[:1]), [], clock=lambda: now[0])
-    (reading,) = await worker.poll(worker.devices[0])
+    (reading,) = await poll(worker)
     assert reading.quality is Quality.BAD and reading.reason == "disconnected"
     # Within the backoff period no connection is attempted: still disconnected, no I/O.
-    (reading,) = await worker.poll(worker.devices[0])
+    (reading,) = await poll(worker)
     assert reading.reason == "disconnected"
     config = sim_config().model_copy(deep=True)
     device = config.devices[0].model_copy(update={"port": port})
     config = config.model_copy(update={"devices": [device]})
     async with SimPlant(config, clock=lambda: 0.0):
         now[0] += 60.0  # past any backoff
-        (reading,) = await worker.poll(worker.devices[0])
+        (reading,) = await poll(worker)
     assert reading.quality is Quality.GOOD and reading.value == EXPECTED["temp"]
     assert worker.devices[0].failing is None
 

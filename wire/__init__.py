@@ -10,13 +10,15 @@ from wire.codec import (
     PayloadError,
     decode_batch,
     encode_batch,
+    encode_groups,
 )
-from wire.model import Quality, Reading, Value
+from wire.model import Group, Quality, Reading, Value, point_entry
 from wire.topics import TopicError, data_subscription, data_topic, parse_data_topic
 
 __all__ = [
     "PAYLOAD_SCHEMA",
     "Batch",
+    "Group",
     "PayloadError",
     "Quality",
     "Reading",
@@ -26,5 +28,7 @@ __all__ = [
     "data_topic",
     "decode_batch",
     "encode_batch",
+    "encode_groups",
     "parse_data_topic",
+    "point_entry",
 ]

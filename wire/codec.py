@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from wire.model import Quality, Reading, Value
+from wire.model import Group, Quality, Reading, Value, point_entry
 from wire.topics import ID_PATTERN, is_valid_id, is_valid_unit
 
 PAYLOAD_SCHEMA = "fieldlink.batch/1"
@@ -43,33 +43,32 @@ class Batch:
     seq: int | None = None
 
 
-def encode_batch(
-    site: str, agent: str, readings: Iterable[Reading], seq: int | None = None
-) -> bytes:
-    """Pack readings into one message, grouping consecutive readings of one device and time."""
-    groups: list[dict[str, Any]] = []
-    key: tuple[str, str, int] | None = None
-    points: list[dict[str, Any]] = []
-    for r in readings:
-        k = (r.asset, r.device, r.ts_ns)
-        if k != key:
-            points = []
-            groups.append({"asset": r.asset, "device": r.device, "t": r.ts_ns, "points": points})
-            key = k
-        entry: dict[str, Any] = {"p": r.point}
-        if r.value is not None:
-            entry["v"] = r.value
-        if r.unit is not None:
-            entry["u"] = r.unit
-        if r.quality is not Quality.GOOD:
-            entry["q"] = r.quality.value
-        if r.reason is not None:
-            entry["r"] = r.reason
-        points.append(entry)
+def encode_groups(site: str, agent: str, groups: Sequence[Group], seq: int | None = None) -> bytes:
+    """Pack groups of readings into one message: the agent's hot path, one ``orjson.dumps``."""
     doc: dict[str, Any] = {"schema": PAYLOAD_SCHEMA, "site": site, "agent": agent, "groups": groups}
     if seq is not None:
         doc["seq"] = seq
     return orjson.dumps(doc)
+
+
+def encode_batch(
+    site: str, agent: str, readings: Iterable[Reading], seq: int | None = None
+) -> bytes:
+    """Pack readings into one message, grouping consecutive readings of one device and time."""
+    return encode_groups(site, agent, group_readings(readings), seq)
+
+
+def group_readings(readings: Iterable[Reading]) -> list[Group]:
+    """Consecutive readings of one asset, device and sample time become one group."""
+    groups: list[Group] = []
+    key: tuple[str, str, int] | None = None
+    for r in readings:
+        k = (r.asset, r.device, r.ts_ns)
+        if k != key:
+            groups.append(Group(r.asset, r.device, r.ts_ns, []))
+            key = k
+        groups[-1].points.append(point_entry(r.point, r.value, r.unit, r.quality, r.reason))
+    return groups
 
 
 def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:

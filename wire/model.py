@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 #: A point's value. Numbers are sent as JSON numbers, booleans as JSON booleans, text as strings.
 Value = float | int | bool | str
@@ -42,3 +43,64 @@ class Reading:
         cls, *, asset: str, device: str, point: str, ts_ns: int, reason: str, unit: str | None
     ) -> Reading:
         return cls(asset, device, point, ts_ns, None, unit, Quality.BAD, reason)
+
+
+#: One point's entry inside a :class:`Group`, in wire form: ``{"p": name, "v": value,
+#: "u": unit, "q": quality, "r": reason}`` with absent keys omitted (see docs/wire.md).
+PointEntry = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Group:
+    """Readings of one device sampled at one time — what one Modbus request yields.
+
+    This is the agent's hot-path form of readings: the point entries are already the
+    dictionaries the batch payload carries, so a poll of 100 registers becomes one object and
+    100 small dicts, and encoding is a single ``orjson.dumps``. The field names are the
+    payload's keys (orjson serialises the dataclass directly), hence the terse ``t``.
+    """
+
+    asset: str
+    device: str
+    #: Sample time in nanoseconds since the Unix epoch, UTC.
+    t: int
+    points: list[PointEntry]
+
+    def readings(self) -> list[Reading]:
+        """The same readings as :class:`Reading` objects (tools, tests; not the hot path)."""
+        out = []
+        for e in self.points:
+            quality = Quality(e.get("q", "good"))
+            out.append(
+                Reading(
+                    self.asset,
+                    self.device,
+                    e["p"],
+                    self.t,
+                    e.get("v"),
+                    e.get("u"),
+                    quality,
+                    e.get("r"),
+                )
+            )
+        return out
+
+
+def point_entry(
+    point: str,
+    value: Value | None,
+    unit: str | None = None,
+    quality: Quality = Quality.GOOD,
+    reason: str | None = None,
+) -> PointEntry:
+    """A wire point entry; absent parts are omitted, as the payload format wants."""
+    entry: PointEntry = {"p": point}
+    if value is not None:
+        entry["v"] = value
+    if unit is not None:
+        entry["u"] = unit
+    if quality is not Quality.GOOD:
+        entry["q"] = quality.value
+    if reason is not None:
+        entry["r"] = reason
+    return entry

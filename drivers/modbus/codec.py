@@ -84,25 +84,7 @@ def decode(kind: RegisterType, order: WordOrder, registers: Sequence[int]) -> in
             f"{kind.value} needs {struct.calcsize(fmt) // 2} registers, got {len(registers)}"
         )
     value: int | float = struct.unpack(fmt, raw)[0]
-    if kind is RegisterType.FLOAT32:
-        return shortest_float32(value, raw)
     return value
-
-
-def shortest_float32(value: float, raw: bytes) -> float:
-    """The shortest decimal that is the same float32 (``230.1``, not ``230.10000610351562``).
-
-    Widening a float32 to a Python float exposes binary noise operators would read as
-    measurement digits. The returned number packs back to the identical float32, so nothing
-    is lost. NaN and infinities are returned as they are.
-    """
-    if value != value or value in (float("inf"), float("-inf")):
-        return value
-    for digits in (6, 7, 8):
-        candidate = float(f"{value:.{digits}g}")
-        if struct.pack(">f", candidate) == raw:
-            return candidate
-    return float(f"{value:.9g}")
 
 
 def encode(

@@ -1,69 +1,196 @@
-"""A Modbus device's compiled poll: planned reads and the decoding of their registers."""
+"""A Modbus device's compiled poll: planned reads and the decoding of their registers.
+
+Decoding is the agent's hot path (one step per point per poll), so everything that does not
+depend on the answer is worked out once at start. For each request:
+
+* one ``struct`` format that unpacks every number of the request in a single C call;
+* if any point is stored in another word order (CDAB, BADC, DCBA), a register permutation
+  (with byte swaps) applied first, so that every point reads as big-endian ABCD;
+* per point, a small tuple of what to do with the raw number (scale, offset, rounding,
+  finiteness check) and the unit, so the loop touches no config objects.
+
+Strings are rare and decoded separately through the general codec.
+"""
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 
-from drivers.modbus.codec import CodecError, RegisterType, decode
+from drivers.modbus.codec import CodecError, RegisterType, WordOrder, decode
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.planner import ReadRequest, plan_requests
-from wire.model import Quality, Reading, Value
+from wire.model import Group, PointEntry, Quality, Value, point_entry
+
+_FORMAT_CHARS = {
+    RegisterType.INT16: "h",
+    RegisterType.UINT16: "H",
+    RegisterType.INT32: "i",
+    RegisterType.UINT32: "I",
+    RegisterType.INT64: "q",
+    RegisterType.UINT64: "Q",
+    RegisterType.FLOAT32: "f",
+    RegisterType.FLOAT64: "d",
+}
+_FLOATS = (RegisterType.FLOAT32, RegisterType.FLOAT64)
+
+#: What the decode loop needs of a numeric point:
+#: (name, unit, divisor, scale, offset, digits, check_finite). ``divisor`` is used instead of
+#: ``scale`` when the scale is 10^-k, because raw / 10^k is the correctly rounded decimal
+#: (4998 / 100 == 49.98, while 4998 * 0.01 == 49.980000000000004).
+_Spec = tuple[str, str | None, float | None, float | None, float, int | None, bool]
+
+
+class _RequestPlan:
+    __slots__ = ("fast", "permutation", "specs", "strings", "words")
+
+    def __init__(self, request: ReadRequest, device: ModbusDevice) -> None:
+        self.words = struct.Struct(f">{request.count}H")
+        numeric = sorted(
+            (p for p in request.points if p.type is not RegisterType.STRING),
+            key=lambda p: p.address,
+        )
+        self.strings = [p for p in request.points if p.type is RegisterType.STRING]
+        self.permutation = _permutation(request, numeric, device)
+        fmt = [">"]
+        position = 0
+        specs: list[_Spec] = []
+        for point in numeric:
+            start = (point.address - request.address) * 2
+            if start < position:
+                raise _Overlap(point.name)
+            if start > position:
+                fmt.append(f"{start - position}x")
+            fmt.append(_FORMAT_CHARS[point.type])
+            position = start + point.count * 2
+            specs.append(_spec(point))
+        self.fast = struct.Struct("".join(fmt))
+        self.specs = specs
+
+
+class _Overlap(Exception):
+    """Two points share registers; then each decodes on its own (see ModbusProgram)."""
+
+
+def _permutation(
+    request: ReadRequest, numeric: list[ModbusPoint], device: ModbusDevice
+) -> list[tuple[int, bool]] | None:
+    """Source register and byte swap for each register of the answer, so that every point
+    reads as ABCD; None when all points already are ABCD."""
+    perm = [(i, False) for i in range(request.count)]
+    changed = False
+    for point in numeric:
+        order = point.order or device.byte_order
+        if order is WordOrder.ABCD:
+            continue
+        changed = True
+        first = point.address - request.address
+        indices = list(range(first, first + point.count))
+        sources = list(reversed(indices)) if order.swaps_words else indices
+        for target, source in zip(indices, sources, strict=True):
+            perm[target] = (source, order.swaps_bytes)
+    return perm if changed else None
+
+
+def _spec(point: ModbusPoint) -> _Spec:
+    is_float = point.type in _FLOATS
+    if point.scale == 1.0 and point.offset == 0.0:
+        return (point.name, point.unit, None, None, 0.0, None, is_float)
+    exponent = -math.log10(point.scale) if point.scale > 0 else 0.0
+    power_of_ten = exponent >= 1 and exponent == round(exponent) and not is_float
+    divisor = 10.0 ** round(exponent) if power_of_ten else None
+    digits = None if power_of_ten and point.offset == 0.0 else _decimals(point)
+    return (point.name, point.unit, divisor, point.scale, point.offset, digits, True)
 
 
 class ModbusProgram:
     def __init__(self, device: ModbusDevice) -> None:
         self._asset = device.asset_name
         self._device = device.name
-        self._default_order = device.byte_order
+        self._byte_order = device.byte_order
         self._requests = plan_requests(device)
-        self._digits = {p.name: d for p in device.points if (d := _decimals(p)) is not None}
+        self._plans: dict[int, _RequestPlan | None] = {}
+        for request in self._requests:
+            try:
+                self._plans[id(request)] = _RequestPlan(request, device)
+            except _Overlap:
+                self._plans[id(request)] = None  # decoded point by point
 
     @property
     def requests(self) -> Sequence[ReadRequest]:
         return self._requests
 
-    def decode(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> list[Reading]:
-        if len(answer) < request.count:
-            return self.fail(
-                request, f"short answer: {len(answer)} of {request.count} registers", ts_ns
-            )
-        out: list[Reading] = []
-        for point in request.points:
-            start = point.address - request.address
-            registers = answer[start : start + point.count]
-            out.append(self._reading(point, registers, ts_ns))
-        return out
-
-    def _reading(self, point: ModbusPoint, registers: Sequence[int], ts_ns: int) -> Reading:
-        order = point.order or self._default_order
+    def decode(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> Group:
+        if len(answer) != request.count:
+            reason = f"frame error: {len(answer)} registers in answer, {request.count} asked"
+            return self.fail(request, reason, ts_ns)
+        plan = self._plans[id(request)]
+        if plan is None:
+            return self._decode_each(request, answer, ts_ns)
+        words = answer
+        if plan.permutation is not None:
+            words = [
+                ((answer[i] & 0xFF) << 8) | (answer[i] >> 8) if swap else answer[i]
+                for i, swap in plan.permutation
+            ]
         try:
-            raw = decode(point.type, order, registers)
-        except (CodecError, UnicodeDecodeError) as exc:
-            return self._bad(point, f"decode error: {exc}", ts_ns)
-        value: Value = raw
-        if point.type is not RegisterType.STRING and (point.scale != 1.0 or point.offset != 0.0):
-            value = raw * point.scale + point.offset  # type: ignore[operator]
-            digits = self._digits.get(point.name)
+            numbers = plan.fast.unpack_from(plan.words.pack(*words))
+        except struct.error as exc:  # a register outside 0..65535: a broken answer
+            return self.fail(request, f"frame error: {exc}", ts_ns)
+        entries: list[PointEntry] = []
+        append = entries.append
+        for value, (name, unit, divisor, scale, offset, digits, check) in zip(
+            numbers, plan.specs, strict=True
+        ):
+            if divisor is not None:
+                value = value / divisor + offset
+            elif scale is not None:
+                value = value * scale + offset
             if digits is not None:
-                # 4998 × 0.01 is 49.980000000000004 in binary floating point; the datasheet
-                # means 49.98. Round to the decimals that scale and offset are written with.
                 value = round(value, digits)
-        if isinstance(value, float) and not math.isfinite(value):
-            # A float register holding NaN/Inf usually means "sensor not available"; it is not
-            # a number InfluxDB can store, so it becomes a bad reading that says so.
-            return self._bad(point, f"not a finite number ({value})", ts_ns)
-        return Reading(
-            self._asset, self._device, point.name, ts_ns, value, point.unit, Quality.GOOD
-        )
+            if check and value - value != 0.0:
+                # NaN or ±inf (x - x is NaN for both): usually "sensor not available", and
+                # not a number InfluxDB can store: a bad reading that says so.
+                append(point_entry(name, None, unit, Quality.BAD, f"not a finite number ({value})"))
+            elif unit is None:
+                append({"p": name, "v": value})
+            else:
+                append({"p": name, "v": value, "u": unit})
+        for point in plan.strings:
+            append(self._one(point, request, answer))
+        return Group(self._asset, self._device, ts_ns, entries)
 
-    def fail(self, request: ReadRequest, reason: str, ts_ns: int) -> list[Reading]:
-        return [self._bad(p, reason, ts_ns) for p in request.points]
+    def _decode_each(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> Group:
+        points = [self._one(p, request, answer) for p in request.points]
+        return Group(self._asset, self._device, ts_ns, points)
 
-    def _bad(self, point: ModbusPoint, reason: str, ts_ns: int) -> Reading:
-        return Reading(
-            self._asset, self._device, point.name, ts_ns, None, point.unit, Quality.BAD, reason
-        )
+    def _one(self, point: ModbusPoint, request: ReadRequest, answer: Sequence[int]) -> PointEntry:
+        """The general, slower path: one point through the codec."""
+        start = point.address - request.address
+        order = point.order or self._byte_order
+        try:
+            value: Value = decode(point.type, order, answer[start : start + point.count])
+        except (CodecError, UnicodeDecodeError) as exc:
+            return _bad(point, f"decode error: {exc}")
+        if point.type is not RegisterType.STRING:
+            _name, _unit, divisor, scale, offset, digits, check = _spec(point)
+            if divisor is not None:
+                value = value / divisor + offset  # type: ignore[operator]
+            elif scale is not None:
+                value = value * scale + offset  # type: ignore[operator]
+            if digits is not None:
+                value = round(value, digits)  # type: ignore[arg-type]
+            if check and value - value != 0.0:  # type: ignore[operator]
+                return _bad(point, f"not a finite number ({value})")
+        return point_entry(point.name, value, point.unit)
+
+    def fail(self, request: ReadRequest, reason: str, ts_ns: int) -> Group:
+        return Group(self._asset, self._device, ts_ns, [_bad(p, reason) for p in request.points])
+
+
+def _bad(point: ModbusPoint, reason: str) -> PointEntry:
+    return point_entry(point.name, None, point.unit, Quality.BAD, reason)
 
 
 def _decimals(point: ModbusPoint) -> int | None:
@@ -73,13 +200,13 @@ def _decimals(point: ModbusPoint) -> int | None:
     → 1). A scale with no short decimal form (``1/3``) keeps the value unrounded, as does a
     float register: its own digits are measurement, not representation noise.
     """
-    if point.type in (RegisterType.FLOAT32, RegisterType.FLOAT64, RegisterType.STRING):
+    if point.type in _FLOATS or point.type is RegisterType.STRING:
         return None
     places = []
     for number in (point.scale, point.offset):
         text = repr(float(number))
-        if "e" in text or "E" in text:
-            mantissa, _, exponent = text.lower().partition("e")
+        if "e" in text:
+            mantissa, _, exponent = text.partition("e")
             frac = mantissa.partition(".")[2].rstrip("0")
             places.append(max(0, len(frac) - int(exponent)))
         else:
