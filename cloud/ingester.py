@@ -56,7 +56,7 @@ class _Batch:
     of the valid ones."""
 
     messages: list[Incoming] = field(default_factory=list)
-    lines: list[bytes] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
     #: monotonic time by which the lines must be written (first line + batch.max_delay).
     deadline: float | None = None
 
@@ -263,11 +263,11 @@ class Ingester:
         batch.clear()
 
     async def _write(
-        self, writer: Writer, lines: list[bytes], stop: asyncio.Event, held: int
+        self, writer: Writer, lines: list[str], stop: asyncio.Event, held: int
     ) -> bool:
         """Write one chunk, retrying while InfluxDB is unavailable. False: asked to stop while
         InfluxDB was unavailable."""
-        body = b"\n".join(lines)
+        body = "\n".join(lines).encode()
         attempt = 0
         create = created = False
         while True:

@@ -12,11 +12,13 @@ so that the field's type never changes between an integer and a float sample.
 
 from __future__ import annotations
 
-import math
+import functools
 import re
 from collections.abc import Iterable
+from typing import Any
 
-from wire.model import Quality, Reading
+from wire.codec import group_readings
+from wire.model import Group, PointEntry, Reading
 
 #: A unit that line protocol cannot carry faithfully. InfluxDB 1.x keeps a backslash in a tag
 #: value literally except before `,`, `=` or space, and a trailing one breaks the line; control
@@ -31,61 +33,92 @@ class LineProtocolError(ValueError):
     """A reading that cannot be written as line protocol; the text says which and why."""
 
 
-def reading_line(measurement: str, site: str, agent: str, reading: Reading) -> bytes:
-    """One line (without the trailing newline) for one reading.
+def group_lines(measurement: str, site: str, agent: str, groups: Iterable[Group]) -> list[str]:
+    """One line per reading of the groups (the ingester's hot path), as text: the caller
+    joins a whole batch and encodes it once.
 
-    ``measurement``, ``site``, ``agent`` and the reading's ids match ``wire.topics.ID_PATTERN``
-    (checked by the config and the decoder), so only the unit needs escaping.
+    ``measurement``, ``site``, ``agent`` and every id match ``wire.topics.ID_PATTERN``, and
+    units ``wire.topics.UNIT_PATTERN`` (checked by the config and by the decoder), so only
+    spaces, commas and ``=`` in units need escaping. Raises :class:`LineProtocolError` on the
+    first unwritable reading, so a message is written whole or not at all.
     """
-    tags = (
-        f"agent={agent},asset={reading.asset},device={reading.device},"
-        f"point={reading.point},site={site}"
-    )
-    if reading.unit is not None:
-        if _BAD_UNIT.search(reading.unit):
-            raise LineProtocolError(
-                f"{_where(reading)}: unit {reading.unit!r} contains a backslash or a control "
-                "character, which InfluxDB tags cannot carry"
-            )
-        tags += f",unit={reading.unit.translate(_TAG_ESCAPES)}"
-    # Field keys in sorted order: quality, reason, state, text, value.
-    fields = f'quality="{reading.quality.value}"'
-    if reading.reason is not None:
-        fields += f',reason="{reading.reason.translate(_STRING_ESCAPES)}"'
-    value = reading.value
-    if isinstance(value, bool):  # before int: bool is a subclass of int
-        fields += f",state={'true' if value else 'false'}"
-    elif isinstance(value, str):
-        fields += f',text="{value.translate(_STRING_ESCAPES)}"'
-    elif isinstance(value, int | float):
-        fields += f",value={_float_literal(value, reading)}"
-    elif reading.quality is not Quality.BAD:  # the decoder guarantees this never happens
-        raise LineProtocolError(f"{_where(reading)}: a {reading.quality} reading has no value")
-    return f"{measurement},{tags} {fields} {reading.ts_ns}".encode()
+    lines: list[str] = []
+    append = lines.append
+    site_tag = f",site={site}"
+    for group in groups:
+        head = f"{measurement},agent={agent},asset={group.asset},device={group.device},point="
+        stamp = group.t
+        for entry in group.points:
+            unit = entry.get("u")
+            unit_tag = "" if unit is None else _unit_tag(unit, group, entry)
+            quality = entry.get("q")
+            value: Any = entry.get("v")
+            if quality is None and value.__class__ is float:
+                # The common case in one step: a good numeric reading.
+                append(
+                    f'{head}{entry["p"]}{site_tag}{unit_tag} quality="good",value={value!r} {stamp}'
+                )
+                continue
+            # Field keys in sorted order: quality, reason, state, text, value.
+            fields = f' quality="{quality or "good"}"'
+            reason = entry.get("r")
+            if reason is not None:
+                fields += f',reason="{reason.translate(_STRING_ESCAPES)}"'
+            kind = value.__class__
+            if kind is float:
+                fields += f",value={value!r}"
+            elif kind is int:
+                fields += f",value={_float_literal(value, group, entry)}"
+            elif kind is bool:
+                fields += ",state=true" if value else ",state=false"
+            elif kind is str:
+                fields += f',text="{value.translate(_STRING_ESCAPES)}"'
+            elif quality != "bad":  # the decoder guarantees this never happens
+                raise LineProtocolError(f"{_where(group, entry)}: a {quality} reading has no value")
+            append(f"{head}{entry['p']}{site_tag}{unit_tag}{fields} {stamp}")
+    return lines
+
+
+def _unit_tag(unit: str, group: Group, entry: PointEntry) -> str:
+    try:
+        return _tag_value(unit)
+    except LineProtocolError as exc:
+        raise LineProtocolError(f"{_where(group, entry)}: {exc}") from None
+
+
+def reading_line(measurement: str, site: str, agent: str, reading: Reading) -> bytes:
+    """One line (without the trailing newline) for one reading."""
+    return group_lines(measurement, site, agent, group_readings([reading]))[0].encode()
 
 
 def batch_lines(
     measurement: str, site: str, agent: str, readings: Iterable[Reading]
 ) -> list[bytes]:
-    """Lines for every reading of one message; raises :class:`LineProtocolError` on the first
-    unwritable one, so a message is written whole or not at all."""
-    return [reading_line(measurement, site, agent, r) for r in readings]
+    """Lines for every reading, in order (see :func:`group_lines`)."""
+    lines = group_lines(measurement, site, agent, group_readings(readings))
+    return [line.encode() for line in lines]
 
 
-def _float_literal(value: int | float, reading: Reading) -> str:
+@functools.lru_cache(maxsize=4096)
+def _tag_value(unit: str) -> str:
+    if _BAD_UNIT.search(unit):
+        raise LineProtocolError(
+            f"unit {unit!r} contains a backslash or a control character, which InfluxDB tags "
+            "cannot carry"
+        )
+    return ",unit=" + unit.translate(_TAG_ESCAPES)
+
+
+def _float_literal(value: int, group: Group, entry: PointEntry) -> str:
     # Always a float literal, never the `i` suffix: the field `value` must keep one type for
     # ever. Integers beyond 2**53 are rounded to the nearest float (documented).
     try:
-        number = float(value)
+        return repr(float(value))  # shortest text that round-trips, e.g. 5.0, 1e+16
     except OverflowError:
         raise LineProtocolError(
-            f"{_where(reading)}: integer {value} is too large for a float field"
+            f"{_where(group, entry)}: integer {value} is too large for a float field"
         ) from None
-    if not math.isfinite(number):  # the decoder refuses these; a guard, not a path
-        raise LineProtocolError(f"{_where(reading)}: {number} is not a finite number")
-    text = repr(number)  # shortest text that round-trips, e.g. 231.4, 5.0, 1e+16
-    return text
 
 
-def _where(reading: Reading) -> str:
-    return f"{reading.asset}/{reading.device}/{reading.point}"
+def _where(group: Group, entry: PointEntry) -> str:
+    return f"{group.asset}/{group.device}/{entry.get('p')}"

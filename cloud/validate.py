@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import orjson
 
 from cloud.errors import CloudError
-from cloud.lineproto import LineProtocolError, batch_lines
+from cloud.lineproto import LineProtocolError, group_lines
 from config.cloud import IngestSection
 from wire.codec import PayloadError, decode_batch
-from wire.model import Reading
+from wire.model import Group
 from wire.topics import TopicError, parse_data_topic
 
 
@@ -46,7 +46,7 @@ class Checked:
 
     site: str
     agent: str
-    lines: list[bytes]
+    lines: list[str]
 
 
 def check_message(
@@ -86,38 +86,38 @@ def check_message(
             f"the payload says site={batch.site!r} agent={batch.agent!r} but it was published "
             f"on the topic of site={site!r} agent={agent!r}",
         )
-    _check_window(batch.readings, limits, now_ns)
+    _check_window(batch.groups, limits, now_ns)
     try:
-        lines = batch_lines(measurement, site, agent, batch.readings)
+        lines = group_lines(measurement, site, agent, batch.groups)
     except LineProtocolError as exc:
         raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc)) from exc
     return Checked(site=site, agent=agent, lines=lines)
 
 
-def _check_window(readings: list[Reading], limits: IngestSection, now_ns: int) -> None:
-    if not readings:
+def _check_window(groups: list[Group], limits: IngestSection, now_ns: int) -> None:
+    if not groups:
         return
-    newest = max(readings, key=lambda r: r.ts_ns)
-    ahead = (newest.ts_ns - now_ns) / 1e9
+    newest = max(groups, key=lambda g: g.t)
+    ahead = (newest.t - now_ns) / 1e9
     if ahead > limits.max_future:
         raise InvalidMessageError(
             InvalidKind.IN_FUTURE,
-            f"{_name(newest)} is stamped {_iso(newest.ts_ns)}, {ahead:.0f} s ahead of the "
+            f"{_name(newest)} is stamped {_iso(newest.t)}, {ahead:.0f} s ahead of the "
             f"ingester's clock (ingest.max_future: {limits.max_future:g}); check the agent's clock",
         )
     if limits.max_age is not None:
-        oldest = min(readings, key=lambda r: r.ts_ns)
-        age = (now_ns - oldest.ts_ns) / 1e9
+        oldest = min(groups, key=lambda g: g.t)
+        age = (now_ns - oldest.t) / 1e9
         if age > limits.max_age:
             raise InvalidMessageError(
                 InvalidKind.TOO_OLD,
-                f"{_name(oldest)} is stamped {_iso(oldest.ts_ns)}, {age:.0f} s old "
+                f"{_name(oldest)} is stamped {_iso(oldest.t)}, {age:.0f} s old "
                 f"(ingest.max_age: {limits.max_age:g})",
             )
 
 
-def _name(reading: Reading) -> str:
-    return f"{reading.asset}/{reading.device}/{reading.point}"
+def _name(group: Group) -> str:
+    return f"{group.asset}/{group.device}/{group.points[0].get('p')}"
 
 
 def _iso(ts_ns: int) -> str:

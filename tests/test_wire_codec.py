@@ -124,3 +124,27 @@ def test_topics_round_trip_and_refuse_foreign_ones() -> None:
         parse_data_topic("other/v1/plant-a/gw-01/data")
     with pytest.raises(TopicError):
         data_topic("plant a", "gw-01")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"p": 5, "v": 1.0},
+        {"p": ["x"], "v": 1.0},
+        {"p": "x", "v": 1.0, "u": 7},
+        {"p": "x", "v": 1.0, "u": ["V"]},
+        {"p": "x", "v": float("inf")},
+        {"p": "x", "v": None},
+        {"p": "x", "v": {"a": 1}},
+    ],
+)
+def test_odd_point_entries_are_refused_not_crashed_on(entry: dict[str, object]) -> None:
+    doc = {
+        "schema": "fieldlink.batch/1",
+        "site": "s",
+        "agent": "g",
+        "groups": [{"asset": "a", "device": "d", "t": 1, "points": [entry]}],
+    }
+    # orjson writes inf as null; the decoder sees what a foreign sender could send.
+    with pytest.raises(PayloadError, match=r"groups\[0\]\.points\[0\]"):
+        decode_batch(orjson.dumps(doc))

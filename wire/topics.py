@@ -7,6 +7,7 @@ may not be empty (see :data:`ID_PATTERN`).
 
 from __future__ import annotations
 
+import functools
 import re
 
 ROOT = "fieldlink"
@@ -25,10 +26,13 @@ class TopicError(ValueError):
     """A topic that is not part of the fieldlink layout."""
 
 
+@functools.lru_cache(maxsize=65536)
 def is_valid_id(text: str) -> bool:
+    # Cached: the ingester checks the same few thousand ids in every message.
     return _ID_RE.match(text) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_valid_unit(text: str) -> bool:
     return _UNIT_RE.match(text) is not None
 
