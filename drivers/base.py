@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from config.device import BusBase, DeviceBase
+from drivers.errors import DriverError
 from wire.model import Group
 
 
@@ -49,6 +50,14 @@ class DeviceProgram(Protocol):
 
     def fail(self, request: Any, reason: str, ts_ns: int) -> Group:
         """Bad readings, one per point of the request, all carrying ``reason``."""
+        ...
+
+    def refine(self, request: Any, error: DriverError) -> Sequence[Any] | None:
+        """Smaller requests to run now instead of a failed one, or None to report the failure.
+
+        Lets a driver learn from refusals (a Modbus merged read over a hole). The program
+        itself remembers the replacement for later cycles in :attr:`requests`.
+        """
         ...
 
 

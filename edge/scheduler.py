@@ -118,7 +118,9 @@ class BusWorker:
         failure: str | None = None
         program = device.program
         device.stats.polls += 1
-        for request in program.requests:
+        pending = list(program.requests)
+        while pending:
+            request = pending.pop(0)
             if not await self._ensure_connected():
                 failure = self._link_failure or "disconnected"
                 groups.append(program.fail(request, failure, self._wall_ns()))
@@ -128,6 +130,11 @@ class BusWorker:
             except DriverError as exc:
                 if isinstance(exc, LinkError):
                     self._lost(exc)
+                else:
+                    smaller = program.refine(request, exc)
+                    if smaller:
+                        pending[0:0] = smaller
+                        continue
                 failure = exc.reason
                 device.stats.failed_requests += 1
                 groups.append(program.fail(request, failure, self._wall_ns()))

@@ -126,24 +126,70 @@ async def test_nan_register_becomes_a_bad_reading_with_reason() -> None:
     assert reading.reason == "not a finite number (nan)"
 
 
-async def test_read_over_a_hole_reports_exception_2_for_that_request_only() -> None:
+def spans(worker: BusWorker) -> list[tuple[str, int, int]]:
+    """The requests the device's program issues now: (table, first, last address)."""
+    return [
+        (r.table, r.address, r.address + r.count - 1) for r in worker.devices[0].program.requests
+    ]
+
+
+async def test_merged_read_over_a_hole_is_split_and_the_split_is_remembered() -> None:
     registers = [
         {"table": "holding", "address": 0, "type": "uint16", "value": 1},
         {"table": "holding", "address": 2, "type": "uint16", "value": 2},  # address 1 is a hole
-        {"table": "input", "address": 0, "type": "uint16", "value": 3},
+        {"table": "holding", "address": 3, "type": "uint16", "value": 3},
+        {"table": "input", "address": 0, "type": "uint16", "value": 4},
     ]
     points = [
         {"name": "a", "address": 0, "type": "uint16"},
         {"name": "b", "address": 2, "type": "uint16"},
-        {"name": "c", "table": "input", "address": 0, "type": "uint16"},
+        {"name": "c", "address": 3, "type": "uint16"},
+        {"name": "d", "table": "input", "address": 0, "type": "uint16"},
     ]
     async with SimPlant(sim_config(registers)) as plant:
         port = plant.endpoints()["plc"][1]
         worker = worker_for(edge_config(port, points), [])
-        got = by_point(await poll(worker))
-    assert got["a"].reason == got["b"].reason == "exception 2 (illegal data address)"
-    assert got["a"].quality is Quality.BAD
-    assert got["c"].value == 3 and got["c"].quality is Quality.GOOD
+        assert spans(worker) == [("holding", 0, 3), ("input", 0, 0)]
+        first = by_point(await poll(worker))
+        after_first = plant.stats()["plc"]
+        second = by_point(await poll(worker))
+        after_second = plant.stats()["plc"]
+    # Every point read fine: the hole held no point, so nothing is bad.
+    assert {p: (r.value, r.quality) for p, r in first.items()} == {
+        "a": (1, Quality.GOOD),
+        "b": (2, Quality.GOOD),
+        "c": (3, Quality.GOOD),
+        "d": (4, Quality.GOOD),
+    }
+    assert second == {p: r for p, r in second.items() if r.quality is Quality.GOOD}
+    # 0..3 was refused, then split in halves that the device accepts; the halves are kept.
+    assert spans(worker) == [("holding", 0, 0), ("holding", 2, 3), ("input", 0, 0)]
+    assert after_first.exceptions == 1
+    assert after_first.requests == 4  # the refused read, its two halves, the input read
+    assert after_second.requests - after_first.requests == 3  # the learned requests only
+    assert after_second.exceptions == 1  # no new refusal
+
+
+async def test_only_the_points_the_device_refuses_are_bad() -> None:
+    registers = [
+        {"table": "holding", "address": 0, "type": "uint16", "value": 1},
+        {"table": "holding", "address": 2, "type": "uint16", "value": 2},
+    ]
+    points = [
+        {"name": "a", "address": 0, "type": "uint16"},
+        {"name": "ghost", "address": 1, "type": "uint16"},  # not in the device
+        {"name": "b", "address": 2, "type": "uint16"},
+    ]
+    async with SimPlant(sim_config(registers)) as plant:
+        port = plant.endpoints()["plc"][1]
+        worker = worker_for(edge_config(port, points), [])
+        for _ in range(2):
+            got = by_point(await poll(worker))
+            assert got["ghost"].quality is Quality.BAD
+            assert got["ghost"].reason == "exception 2 (illegal data address)"
+            assert (got["a"].value, got["b"].value) == (1, 2)
+            assert got["a"].quality is got["b"].quality is Quality.GOOD
+    assert spans(worker) == [("holding", 0, 0), ("holding", 1, 1), ("holding", 2, 2)]
 
 
 async def test_unit_that_never_answers_is_reported_as_timeout() -> None:

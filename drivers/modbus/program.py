@@ -14,14 +14,18 @@ Strings are rare and decoded separately through the general codec.
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from collections.abc import Sequence
 
+from drivers.errors import DeviceException, DriverError
 from drivers.modbus.codec import CodecError, RegisterType, WordOrder, decode
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.planner import ReadRequest, plan_requests
 from wire.model import Group, PointEntry, Quality, Value, point_entry
+
+log = logging.getLogger("fieldlink.drivers.modbus")
 
 _FORMAT_CHARS = {
     RegisterType.INT16: "h",
@@ -69,6 +73,12 @@ class _RequestPlan:
         self.specs = specs
 
 
+def _request_for(original: ReadRequest, points: list[ModbusPoint]) -> ReadRequest:
+    start = min(p.address for p in points)
+    end = max(p.address + p.count for p in points)
+    return ReadRequest(original.unit_id, original.table, start, end - start, tuple(points))
+
+
 class _Overlap(Exception):
     """Two points share registers; then each decodes on its own (see ModbusProgram)."""
 
@@ -105,27 +115,70 @@ def _spec(point: ModbusPoint) -> _Spec:
 
 
 class ModbusProgram:
+    """Requests of one device and their decoding; learns from refused requests.
+
+    Learning: a merged request the device refuses with exception 2 (illegal data address)
+    usually spans a register the device does not have. :meth:`refine` splits it into two
+    halves, which the scheduler runs at once; halves that are refused again split again, down
+    to single points. Halves that succeed stay merged, single points that are refused stay on
+    their own (reported bad with the exception each cycle), and the device's request list is
+    replaced by these leaves, so later cycles issue the learned requests directly.
+    """
+
     def __init__(self, device: ModbusDevice) -> None:
+        self._config = device
         self._asset = device.asset_name
         self._device = device.name
         self._byte_order = device.byte_order
-        self._requests = plan_requests(device)
-        self._plans: dict[int, _RequestPlan | None] = {}
-        for request in self._requests:
-            try:
-                self._plans[id(request)] = _RequestPlan(request, device)
-            except _Overlap:
-                self._plans[id(request)] = None  # decoded point by point
+        self._requests: list[ReadRequest] = plan_requests(device)
+        # id(request) → (request, plan). The request is kept with its plan so that a new
+        # request can never pick up the plan of a dead one whose id was reused.
+        self._plans: dict[int, tuple[ReadRequest, _RequestPlan | None]] = {}
 
     @property
     def requests(self) -> Sequence[ReadRequest]:
         return self._requests
 
+    def refine(self, request: ReadRequest, error: DriverError) -> list[ReadRequest] | None:
+        """Smaller requests to run instead of a refused one, now and in later cycles."""
+        if not (isinstance(error, DeviceException) and error.code == 2 and len(request.points) > 1):
+            return None
+        points = sorted(request.points, key=lambda p: p.address)
+        halves = [
+            _request_for(request, points[: len(points) // 2]),
+            _request_for(request, points[len(points) // 2 :]),
+        ]
+        if request in self._requests:
+            index = self._requests.index(request)
+            # A new list: a poll iterating over the old one is not disturbed.
+            self._requests = [*self._requests[:index], *halves, *self._requests[index + 1 :]]
+        self._plans.pop(id(request), None)
+        log.info(
+            "device %s: %s %d..%d refused with exception 2; split into %s",
+            self._device,
+            request.table,
+            request.address,
+            request.address + request.count - 1,
+            " and ".join(f"{h.address}..{h.address + h.count - 1}" for h in halves),
+        )
+        return halves
+
+    def _plan_of(self, request: ReadRequest) -> _RequestPlan | None:
+        known = self._plans.get(id(request))
+        if known is not None and known[0] is request:
+            return known[1]
+        try:
+            plan: _RequestPlan | None = _RequestPlan(request, self._config)
+        except _Overlap:
+            plan = None  # points share registers: decoded one by one
+        self._plans[id(request)] = (request, plan)
+        return plan
+
     def decode(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> Group:
         if len(answer) != request.count:
             reason = f"frame error: {len(answer)} registers in answer, {request.count} asked"
             return self.fail(request, reason, ts_ns)
-        plan = self._plans[id(request)]
+        plan = self._plan_of(request)
         if plan is None:
             return self._decode_each(request, answer, ts_ns)
         words = answer
