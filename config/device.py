@@ -15,6 +15,21 @@ class BusBase(StrictModel):
 
     name: Ident = Field(description="Unique bus name, referenced by devices[].bus.")
     driver: str = Field(description="Driver that speaks on this bus, e.g. `modbus`.")
+    request_gap: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description=(
+            "Seconds of quiet between the end of one request and the next on this bus (slow "
+            "gateways, RS-485 turnaround)."
+        ),
+    )
+    connect_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Seconds to wait after (re)connecting before the first request.",
+    )
 
 
 class PointBase(StrictModel):

@@ -35,7 +35,16 @@ def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> A
         if not devices:
             log.info("bus %s has no enabled devices; not opened", bus.name)
             continue
-        workers.append(BusWorker(bus.name, plugin.open_bus(bus), devices, publisher.submit))
+        workers.append(
+            BusWorker(
+                bus.name,
+                plugin.open_bus(bus),
+                devices,
+                publisher.submit,
+                request_gap=bus.request_gap,
+                connect_delay=bus.connect_delay,
+            )
+        )
     return AgentPlan(workers, publisher)
 
 

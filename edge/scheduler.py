@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from config.device import DeviceBase
 from drivers.base import BusLink, DeviceProgram
-from drivers.errors import DriverError, LinkError
+from drivers.errors import DeviceTimeout, DriverError, LinkError
 from edge.backoff import Backoff
 from wire.model import Group
 
@@ -38,7 +38,33 @@ class DeviceStats:
     polls: int = 0
     failed_requests: int = 0
     skipped_polls: int = 0
+    #: Polls answered from an open circuit breaker: bad readings, no I/O on the bus.
+    polls_skipped_by_breaker: int = 0
     last_poll_ns: int = 0
+
+
+@dataclass
+class Breaker:
+    """Per-device circuit breaker for devices that do not answer.
+
+    After a timeout the breaker opens: until ``retry_at`` every due poll yields bad readings
+    with reason ``timeout`` without touching the bus. Then one poll is let through; another
+    timeout re-opens it for a longer, jittered period (capped), an answer closes it. A dead
+    device so costs the bus at most one timeout per backoff period.
+    """
+
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial=1.0, maximum=60.0))
+    retry_at: float | None = None
+
+    def is_open(self, now: float) -> bool:
+        return self.retry_at is not None and now < self.retry_at
+
+    def trip(self, now: float) -> None:
+        self.retry_at = now + self.backoff.next_delay()
+
+    def reset(self) -> None:
+        self.retry_at = None
+        self.backoff.reset()
 
 
 @dataclass
@@ -46,6 +72,7 @@ class ScheduledDevice:
     config: DeviceBase
     program: DeviceProgram
     stats: DeviceStats = field(default_factory=DeviceStats)
+    breaker: Breaker = field(default_factory=Breaker)
     #: Reason of the current failure, None while healthy; drives state-change logging.
     failing: str | None = None
 
@@ -61,8 +88,13 @@ class BusWorker:
         clock: Callable[[], float] = time.monotonic,
         wall_ns: Callable[[], int] = time.time_ns,
         backoff: Backoff | None = None,
+        request_gap: float = 0.0,
+        connect_delay: float = 0.0,
     ) -> None:
         self.name = name
+        self._request_gap = request_gap
+        self._connect_delay = connect_delay
+        self._last_request_end = float("-inf")
         self._link = link
         self._devices = devices
         self._sink = sink
@@ -118,16 +150,30 @@ class BusWorker:
         failure: str | None = None
         program = device.program
         device.stats.polls += 1
+        if device.breaker.is_open(self._clock()):
+            device.stats.polls_skipped_by_breaker += 1
+            groups = [
+                program.fail(r, DeviceTimeout.reason, self._wall_ns()) for r in program.requests
+            ]
+            self._sink(groups)
+            return groups
         pending = list(program.requests)
         while pending:
             request = pending.pop(0)
+            if failure == DeviceTimeout.reason:
+                # The device just did not answer; asking it again in this poll would cost the
+                # bus another timeout for the same news.
+                groups.append(program.fail(request, failure, self._wall_ns()))
+                continue
             if not await self._ensure_connected():
                 failure = self._link_failure or "disconnected"
                 groups.append(program.fail(request, failure, self._wall_ns()))
                 continue
+            await self._pace()
             try:
                 answer = await self._link.execute(request)
             except DriverError as exc:
+                self._last_request_end = self._clock()
                 if isinstance(exc, LinkError):
                     self._lost(exc)
                 else:
@@ -139,13 +185,28 @@ class BusWorker:
                 device.stats.failed_requests += 1
                 groups.append(program.fail(request, failure, self._wall_ns()))
             else:
+                self._last_request_end = self._clock()
                 groups.append(program.decode(request, answer, self._wall_ns()))
+        if failure == DeviceTimeout.reason:
+            device.breaker.trip(self._clock())
+        elif failure is None:
+            device.breaker.reset()
         device.stats.last_poll_ns = self._wall_ns()
         if failure != device.failing:
             self._note_state(device, failure)
         if groups:
             self._sink(groups)
         return groups
+
+    async def _pace(self) -> None:
+        """Keep the bus's configured quiet time between two requests (slow gateways, RS-485
+        turnaround), so devices on one line never see back-to-back frames."""
+        gap = self._request_gap
+        if gap <= 0:
+            return
+        wait = self._last_request_end + gap - self._clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _ensure_connected(self) -> bool:
         if self._connected:
@@ -159,6 +220,9 @@ class BusWorker:
             return False
         if self._link_failure is not None:
             log.info("bus %s: connected again", self.name)
+        if self._connect_delay > 0:
+            # Some gateways drop the first request sent right after the TCP handshake.
+            await asyncio.sleep(self._connect_delay)
         self._connected = True
         self._link_failure = None
         self._backoff.reset()
