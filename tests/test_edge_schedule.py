@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from helpers import async_wait_for
+
 from config.edge import validate_edge
 from config.sim import SimConfig
 from drivers.registry import DriverRegistry
 from edge.scheduler import BusWorker, ScheduledDevice
-from helpers import async_wait_for
 from sim.server import SimPlant
 from wire.model import Group, Quality
 
