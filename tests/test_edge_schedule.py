@@ -4,6 +4,7 @@ reported bad with reason "timeout", and it costs the bus at most one timeout per
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from helpers import async_wait_for
@@ -123,5 +124,5 @@ async def test_request_gap_keeps_the_bus_quiet_between_requests() -> None:
             await bus.poll(device)
         await bus.poll(bus.devices[0])
     times = [g.t for g in sink]
-    gaps = [(b - a) / 1e9 for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(times)]
     assert all(gap >= 0.25 for gap in gaps), gaps
