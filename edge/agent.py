@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from config.edge import EdgeConfig
 from drivers.registry import DriverRegistry
 from edge.publisher import Publisher
-from edge.scheduler import BusWorker, ScheduledDevice
+from edge.scheduler import BusWorker, ScheduledDevice, Sink
+from wire.model import Group
 
 log = logging.getLogger("fieldlink.edge")
 
@@ -22,8 +23,15 @@ class AgentPlan:
 
 
 def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> AgentPlan:
-    registry = registry or DriverRegistry()
     publisher = Publisher(config.agent.site, config.agent.id, config.mqtt, config.publish)
+    return AgentPlan(build_workers(config, publisher.submit, registry), publisher)
+
+
+def build_workers(
+    config: EdgeConfig, sink: Sink, registry: DriverRegistry | None = None
+) -> list[BusWorker]:
+    """One worker per bus that has enabled devices, each owning its bus's link."""
+    registry = registry or DriverRegistry()
     workers: list[BusWorker] = []
     for bus in config.buses:
         plugin = registry.get(bus.driver)
@@ -40,12 +48,31 @@ def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> A
                 bus.name,
                 plugin.open_bus(bus),
                 devices,
-                publisher.submit,
+                sink,
                 request_gap=bus.request_gap,
                 connect_delay=bus.connect_delay,
             )
         )
-    return AgentPlan(workers, publisher)
+    return workers
+
+
+async def poll_once(config: EdgeConfig, registry: DriverRegistry | None = None) -> list[Group]:
+    """Poll every enabled device once (buses side by side, devices of a bus in turn) and
+    return the readings, without MQTT: the installer's `--once --dry-run`."""
+    groups: list[Group] = []
+    workers = build_workers(config, groups.extend, registry)
+
+    async def one_bus(worker: BusWorker) -> None:
+        try:
+            for device in worker.devices:
+                await worker.poll(device)
+        finally:
+            await worker.close()
+
+    async with asyncio.TaskGroup() as group:
+        for worker in workers:
+            group.create_task(one_bus(worker), name=f"bus-{worker.name}")
+    return groups
 
 
 async def run_agent(

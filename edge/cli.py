@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
-from config.edge import load_edge_config
+from rich.console import Console
+from rich.table import Table
+
+from config.edge import EdgeConfig, load_edge_config
 from config.errors import ConfigError
+from wire.model import Quality, Reading
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,6 +23,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     sub = edge.add_subparsers(dest="edge_command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the agent from an agent config file")
     run.add_argument("config", type=Path, metavar="AGENT.yaml")
+    run.add_argument("--once", action="store_true", help="poll every device once, then exit")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --once: print the decoded readings instead of publishing them",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="with --dry-run: JSON lines instead of a table"
+    )
     run.set_defaults(handler=_run)
 
 
@@ -26,6 +41,14 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc.render(), file=sys.stderr)
         return 2
+    if args.dry_run and not args.once:
+        print(
+            "--dry-run needs --once: fieldlink edge run AGENT.yaml --once --dry-run",
+            file=sys.stderr,
+        )
+        return 2
+    if args.once:
+        return _once(config, dry_run=args.dry_run, as_json=args.json)
     from edge.agent import run_agent
 
     async def main() -> int:
@@ -36,3 +59,56 @@ def _run(args: argparse.Namespace) -> int:
         return await run_agent(config, stop=stop)
 
     return asyncio.run(main())
+
+
+def _once(config: EdgeConfig, *, dry_run: bool, as_json: bool) -> int:
+    """Poll once. Exit 0 when every reading is good, 1 when any is bad (so an installer's
+    script can tell), after printing or publishing them all."""
+    from edge.agent import poll_once
+
+    groups = asyncio.run(poll_once(config))
+    readings = [r for g in groups for r in g.readings()]
+    if dry_run:
+        _print_readings(readings, as_json=as_json)
+    else:
+        from edge.publisher import publish_once
+
+        asyncio.run(publish_once(config, groups))
+        print(f"published {len(readings)} readings to {config.mqtt.host}:{config.mqtt.port}")
+    return 0 if all(r.quality is Quality.GOOD for r in readings) else 1
+
+
+def _print_readings(readings: list[Reading], *, as_json: bool) -> None:
+    if as_json:
+        for r in readings:
+            print(
+                json.dumps(
+                    {
+                        "asset": r.asset,
+                        "device": r.device,
+                        "point": r.point,
+                        "time": format_ns(r.ts_ns),
+                        "value": r.value,
+                        "unit": r.unit,
+                        "quality": r.quality.value,
+                        "reason": r.reason,
+                    }
+                )
+            )
+        return
+    table = Table(title=f"{len(readings)} readings", title_justify="left")
+    for column in ("device", "point", "value", "unit", "quality", "time"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for r in sorted(readings, key=lambda r: (r.device, r.point)):
+        quality = r.quality.value if r.reason is None else f"{r.quality.value}: {r.reason}"
+        value = (
+            "" if r.value is None else repr(r.value) if isinstance(r.value, str) else str(r.value)
+        )
+        table.add_row(r.device, r.point, value, r.unit or "", quality, format_ns(r.ts_ns))
+    Console().print(table)
+
+
+def format_ns(ts_ns: int) -> str:
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos:09d}Z"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import aiomqtt
 
-from config.edge import MqttSection, PublishSection
+from config.edge import EdgeConfig, MqttSection, PublishSection
 from edge.backoff import Backoff
 from wire.codec import encode_groups
 from wire.model import Group
@@ -198,3 +198,16 @@ class Publisher:
                     await self._wakeup.wait()
             except TimeoutError:
                 return
+
+
+async def publish_once(config: EdgeConfig, groups: list[Group]) -> None:
+    """Publish readings in batches and wait for the broker's acknowledgements (`--once`)."""
+    publisher = Publisher(config.agent.site, config.agent.id, config.mqtt, config.publish)
+    publisher.submit(groups)
+    async with asyncio.TaskGroup() as tasks:
+        runner = tasks.create_task(publisher.run())
+        try:
+            async with asyncio.timeout(30):
+                await publisher.drain()
+        finally:
+            runner.cancel()

@@ -198,6 +198,11 @@ class BusWorker:
             self._sink(groups)
         return groups
 
+    async def close(self) -> None:
+        """Close the bus link (``run`` does this itself when cancelled)."""
+        await self._link.close()
+        self._connected = False
+
     async def _pace(self) -> None:
         """Keep the bus's configured quiet time between two requests (slow gateways, RS-485
         turnaround), so devices on one line never see back-to-back frames."""
