@@ -37,7 +37,13 @@ class InfluxError(CloudError):
 
 
 class InfluxUnavailableError(InfluxError):
-    """Connection refused, timeout or a 5xx answer: try the same request again later."""
+    """Connection refused, timeout or a 5xx/429 answer: try the same request again later.
+
+    ``retry_after`` is the server's Retry-After in seconds, when it sent one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class InfluxRejectedError(InfluxError):

@@ -52,6 +52,8 @@ class InfluxV1Writer:
             token = f"{config.username}:{config.password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
         self._conn: http.client.HTTPConnection | None = None
+        #: Retry-After of the last answer, in seconds (None when absent or not a number).
+        self._retry_after: float | None = None
         rp = f" rp={config.retention_policy}" if config.retention_policy else ""
         self.target = f"{config.url} db={config.database}{rp}"
 
@@ -80,7 +82,8 @@ class InfluxV1Writer:
             )
         if status >= 500 or status == 429:
             raise InfluxUnavailableError(
-                f"InfluxDB at {self._config.url} answered {status}: {text}"
+                f"InfluxDB at {self._config.url} answered {status}: {text}",
+                retry_after=self._retry_after,
             )
         raise InfluxRejectedError(status, text)
 
@@ -136,6 +139,7 @@ class InfluxV1Writer:
                 raise self._unavailable(exc) from exc
             if response.will_close:
                 self.close()
+            self._retry_after = _seconds(response.getheader("Retry-After"))
             return response.status, data, response.getheader("X-Influxdb-Error") or ""
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -153,6 +157,14 @@ class InfluxV1Writer:
     def _unavailable(self, exc: BaseException) -> InfluxUnavailableError:
         reason = str(exc) or type(exc).__name__
         return InfluxUnavailableError(f"cannot reach InfluxDB at {self._config.url}: {reason}")
+
+
+def _seconds(header: str | None) -> float | None:
+    """Retry-After as seconds; the HTTP-date form is rare from InfluxDB and is ignored."""
+    try:
+        return max(0.0, float(header)) if header else None
+    except ValueError:
+        return None
 
 
 def _http(status: int, text: str) -> str:

@@ -74,7 +74,10 @@ class InfluxV2Writer:
         text = _message(exc)
         if not isinstance(status, int) or status == 0 or status >= 500 or status == 429:
             # status 0: the client's own wrapping of a TLS or connection failure.
-            return InfluxUnavailableError(f"InfluxDB at {self._config.url} failed: {text}")
+            return InfluxUnavailableError(
+                f"InfluxDB at {self._config.url} failed: {text}",
+                retry_after=_seconds(getattr(exc, "retry_after", None)),
+            )
         if status in (401, 403):
             return InfluxAuthError(
                 f"InfluxDB at {self._config.url} refused the token ({_http(status, text)}); "
@@ -86,6 +89,13 @@ class InfluxV2Writer:
                 f"{self._config.org!r} and influx.bucket {self._config.bucket!r}"
             )
         return InfluxRejectedError(status, text)
+
+
+def _seconds(header: object) -> float | None:
+    try:
+        return max(0.0, float(header)) if isinstance(header, str | int | float) else None
+    except ValueError:
+        return None
 
 
 def _http(status: int, text: str) -> str:

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from cloud.deadletter import Counters, FirstSeen, deadletter_body
 from cloud.errors import (
     EXIT_OK,
@@ -35,7 +37,7 @@ from cloud.errors import (
     MqttError,
 )
 from cloud.mqtt import Incoming, MqttLink
-from cloud.validate import InvalidMessageError, check_message
+from cloud.validate import InvalidKind, InvalidMessageError, check_message
 from cloud.writer import Writer, open_writer
 from config.cloud import CloudConfig, InfluxV1
 from wire.topics import deadletter_topic
@@ -84,6 +86,7 @@ class Ingester:
         self._retry_cap = retry_cap
         self._deadletter_topic = deadletter_topic(root=config.mqtt.topic_root)
         self._logged_sources = FirstSeen()
+        self._link: MqttLink | None = None
 
     async def run(
         self,
@@ -101,6 +104,7 @@ class Ingester:
                 loop.add_signal_handler(sig, stop.set)
                 signals.append(sig)
         link = MqttLink(self.config.mqtt)  # opens nothing until start()
+        self._link = link
         writer = open_writer(self.config.influx)
         log.info(
             "ingester starting: MQTT %s → %s (measurement %s)",
@@ -266,7 +270,41 @@ class Ingester:
         self, writer: Writer, lines: list[str], stop: asyncio.Event, held: int
     ) -> bool:
         """Write one chunk, retrying while InfluxDB is unavailable. False: asked to stop while
-        InfluxDB was unavailable."""
+        InfluxDB was unavailable (nothing is acknowledged then).
+
+        Points InfluxDB refuses (400, e.g. a field-type conflict; 413, too large) are found by
+        halving the chunk and writing the halves again — writes are idempotent, so rewriting
+        accepted points is harmless — until single lines remain: those go to the dead-letter
+        topic with InfluxDB's reason, everything else is written.
+        """
+        try:
+            await self._write_with_retry(writer, lines, stop, held)
+        except _Stopping:
+            return False
+        except InfluxRejectedError as exc:
+            if len(lines) == 1:
+                self._refused(lines[0], exc)
+                return True
+            if exc.status != 413:
+                log.warning(
+                    "InfluxDB refused part of a batch of %d readings (HTTP %d: %s); "
+                    "isolating the refused points",
+                    len(lines),
+                    exc.status,
+                    exc.text,
+                )
+            middle = len(lines) // 2
+            for half in (lines[:middle], lines[middle:]):
+                if not await self._write(writer, half, stop, held):
+                    return False
+            return True
+        self.counters.batches_written += 1
+        self.counters.readings_written += len(lines)
+        return True
+
+    async def _write_with_retry(
+        self, writer: Writer, lines: list[str], stop: asyncio.Event, held: int
+    ) -> None:
         body = "\n".join(lines).encode()
         attempt = 0
         create = created = False
@@ -278,11 +316,14 @@ class Ingester:
                 await asyncio.to_thread(writer.write, body)
             except InfluxUnavailableError as exc:
                 if stop.is_set():
-                    return False
+                    raise _Stopping from exc
                 attempt += 1
                 self.counters.write_retries += 1
                 delay = min(self._retry_cap, self._retry_first * 2 ** (attempt - 1))
                 delay *= random.uniform(0.5, 1.0)
+                if exc.retry_after is not None:
+                    # The server said when; waiting less would only be refused again.
+                    delay = max(delay, min(exc.retry_after, self._retry_cap * 10))
                 log.warning(
                     "write of %d readings failed (%s); retry %d in %.1f s, holding %d message(s) "
                     "unacknowledged",
@@ -301,24 +342,41 @@ class Ingester:
                     raise InfluxConfigError(str(exc)) from exc
                 create = True
                 continue
-            except InfluxRejectedError as exc:
-                # Issue 5 replaces this: partial writes, dead-lettering the refused points and
-                # splitting on 413. For now the batch is logged, counted and acknowledged so
-                # that one bad point cannot stop the flow.
-                log.error(
-                    "InfluxDB refused a batch of %d readings (HTTP %d): %s",
-                    len(lines),
-                    exc.status,
-                    exc.text,
-                )
-                self.counters.batches_refused += 1
-                self.counters.readings_refused += len(lines)
-                return True
-            self.counters.batches_written += 1
-            self.counters.readings_written += len(lines)
             if attempt:
                 log.info("write succeeded after %d retries", attempt)
-            return True
+            return
+
+    def _refused(self, line: str, exc: InfluxRejectedError) -> None:
+        """A single point InfluxDB will not take: dead-letter it with the reason, count it."""
+        self.counters.readings_refused += 1
+        self.counters.count_invalid(InvalidKind.REFUSED)
+        body = orjson.dumps(
+            {
+                "kind": InvalidKind.REFUSED.value,
+                "reason": f"InfluxDB refused the point (HTTP {exc.status}): {exc.text}",
+                "line": line,
+                "received_ns": time.time_ns(),
+            }
+        )
+        try:
+            assert self._link is not None, "only called while running"
+            self._link.publish(self._deadletter_topic, body)
+        except MqttError as err:
+            log.error("cannot dead-letter a point InfluxDB refused: %s", err)
+        else:
+            self.counters.dead_lettered += 1
+        if self._logged_sources.first(f"influx:{exc.status}", log):
+            log.warning(
+                "InfluxDB refused a point (HTTP %d: %s); it is dead-lettered to %s with the "
+                "line, further refusals are only counted",
+                exc.status,
+                exc.text,
+                self._deadletter_topic,
+            )
+
+
+class _Stopping(Exception):
+    """Asked to stop while InfluxDB was unavailable."""
 
 
 async def run_ingester(

@@ -31,6 +31,8 @@ class InvalidKind(enum.StrEnum):
     IN_FUTURE = "in_future"
     TOO_OLD = "too_old"
     UNWRITABLE = "unwritable"
+    #: InfluxDB itself refused the point (e.g. a field-type conflict); dead-lettered per point.
+    REFUSED = "refused"
 
 
 class InvalidMessageError(CloudError):

@@ -444,7 +444,8 @@ async def test_influxdb_outage_retries_and_a_stop_meanwhile_loses_nothing(
     assert second.counters.messages_received == 1
 
 
-async def test_refused_batch_is_logged_counted_and_the_flow_continues(
+async def test_partial_write_dead_letters_only_the_refused_points(
+    mosquitto: Mosquitto,
     config: CloudConfig,
     influx_db: InfluxDatabase,
     publisher: Publisher,
@@ -453,24 +454,51 @@ async def test_refused_batch_is_logged_counted_and_the_flow_continues(
 ) -> None:
     service, db = influx_db
     t = now_ns()
-    # Someone else wrote `value` as a string into this shard: a float value is a type conflict.
-    service.write(f'readings,point=other value="text" {t}', db)
+    # Someone else wrote `state` as a string into this shard: boolean readings now conflict
+    # with it, numeric ones (field `value`) do not.
+    service.write(f'readings,point=other state="text" {t}', db)
     topic = data_topic("plant-a", "gw-01", root=unique_id)
+    readings = [
+        Reading("a1", "d1", "speed", t, 12.5),
+        Reading("a1", "d1", "running", t, True),
+        Reading("a1", "d1", "temp", t, -3.0),
+        Reading("a1", "d1", "alarm", t, False),
+        Reading("a1", "d1", "level", t, 7),
+    ]
+    watcher = await asyncio.to_thread(Watcher, mosquitto, f"{unique_id}/v1/deadletter")
     ingester = Ingester(config)
-    async with running(ingester):
-        number = encode_batch("plant-a", "gw-01", [Reading("a1", "d1", "speed", t, 12.5)])
-        await asyncio.to_thread(publisher.publish, topic, number)
-        await async_wait_for(lambda: ingester.counters.batches_refused == 1, message="a 400")
-        flag = encode_batch("plant-a", "gw-01", [Reading("a1", "d1", "on", t, True)])
-        await asyncio.to_thread(publisher.publish, topic, flag)
-        await async_wait_for(
-            lambda: count(service, db, "WHERE point = 'on'") == 1, message="the next message"
-        )
-    assert ingester.counters.readings_refused == 1
-    assert (
-        "InfluxDB refused a batch of 1 readings (HTTP 400): partial write: field type conflict"
-        in (caplog.text)
-    )
+    try:
+        async with running(ingester):
+            await asyncio.to_thread(
+                publisher.publish, topic, encode_batch("plant-a", "gw-01", readings)
+            )
+            await async_wait_for(
+                lambda: len(watcher.messages) == 2, message="two dead-lettered points"
+            )
+            # The flow goes on: the next message lands.
+            after = encode_batch("plant-a", "gw-01", [Reading("a1", "d1", "next", t, 1.0)])
+            await asyncio.to_thread(publisher.publish, topic, after)
+            await async_wait_for(
+                lambda: count(service, db, "WHERE point = 'next'") == 1, message="the next message"
+            )
+    finally:
+        await asyncio.to_thread(watcher.close)
+    stored = service.query("SELECT value FROM readings WHERE agent = 'gw-01'", db)
+    values = sorted(v[1] for v in stored["results"][0]["series"][0]["values"])
+    assert values == [-3.0, 1.0, 7.0, 12.5]
+    letters = [orjson.loads(body) for _, body in watcher.messages]
+    assert sorted(("point=running" in d["line"], "point=alarm" in d["line"]) for d in letters) == [
+        (False, True),
+        (True, False),
+    ]
+    for letter in letters:
+        assert letter["kind"] == "refused"
+        assert "field type conflict" in letter["reason"]
+        assert letter["reason"].startswith("InfluxDB refused the point (HTTP 400)")
+    assert ingester.counters.readings_refused == 2
+    assert ingester.counters.readings_written == 4
+    assert ingester.counters.invalid == {"refused": 2}
+    assert caplog.text.count("InfluxDB refused a point (HTTP 400") == 1  # logged once
 
 
 async def test_missing_database_is_a_clear_fatal_error(
