@@ -47,9 +47,9 @@ class Counters:
     readings_written: int = 0
     batches_written: int = 0
     write_retries: int = 0
-    #: Batches InfluxDB refused with a 4xx (logged and acknowledged; see the ingester).
-    batches_refused: int = 0
+    #: Points InfluxDB refused (400/413), each dead-lettered with the reason.
     readings_refused: int = 0
+    #: Refused messages and points by kind (cloud.validate.InvalidKind).
     invalid: dict[str, int] = field(default_factory=dict)
     dead_lettered: int = 0
 
@@ -65,7 +65,7 @@ class Counters:
         return (
             f"received {self.messages_received} messages, wrote {self.readings_written} readings "
             f"in {self.batches_written} batches ({self.write_retries} retries), "
-            f"refused {self.batches_refused} batches ({self.readings_refused} readings), "
+            f"InfluxDB refused {self.readings_refused} readings, "
             f"invalid {self.invalid_total} messages"
             + (f" ({invalid})" if invalid else "")
             + f", dead-lettered {self.dead_lettered}"

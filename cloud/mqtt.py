@@ -75,6 +75,10 @@ class MqttLink:
     def __init__(self, config: MqttSection) -> None:
         self._config = config
         self._subscription = data_subscription(root=config.topic_root)
+        if config.group is not None:
+            # MQTT 5 shared subscription: the broker hands each message to one member of the
+            # group, so N ingesters with one group name share the load.
+            self._subscription = f"$share/{config.group}/{self._subscription}"
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         # Bounds the queue (see the module docstring); released when a message is taken.
         self._slots = threading.Semaphore(config.receive_maximum)

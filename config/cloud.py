@@ -34,6 +34,14 @@ class MqttSection(BrokerSection):
             "with one id would take the session from each other."
         ),
     )
+    group: Ident | None = Field(
+        default=None,
+        description=(
+            "Shared-subscription group. Ingesters with the same group (and each its own "
+            "client_id) share the data topics: each message goes to one of them "
+            "(`$share/<group>/...`, MQTT 5). Unset: this ingester takes every message."
+        ),
+    )
     session_expiry: int = Field(
         default=3600,
         ge=0,
