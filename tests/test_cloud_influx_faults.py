@@ -1,0 +1,150 @@
+"""The ingester against an InfluxDB that misbehaves: too-large answers are split, throttling
+and Retry-After are honoured, and a database down for a minute loses nothing. A fault proxy
+of the tests sits in front of the real InfluxDB 1.x; a real stop/start makes the outage."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+
+import pytest
+from faultproxy import FaultProxy
+from helpers import InfluxDatabase, async_wait_for
+from test_cloud_ingester import Publisher, count, make_config, now_ns, running
+
+from cloud.ingester import Ingester
+from fieldlink.localstack import InfluxDB1, Mosquitto
+from wire.codec import encode_batch
+from wire.model import Reading
+from wire.topics import data_topic
+
+#: How long InfluxDB stays down in the outage test (the delivery issue asks for 60 s).
+OUTAGE_SECONDS = 60.0
+
+
+@pytest.fixture
+def publisher(mosquitto: Mosquitto) -> Iterator[Publisher]:
+    pub = Publisher(mosquitto)
+    yield pub
+    pub.close()
+
+
+@pytest.fixture
+def proxy(influx_db: InfluxDatabase) -> Iterator[FaultProxy]:
+    front = FaultProxy(influx_db.service.url)
+    yield front
+    front.close()
+
+
+def readings(t: int, n: int, offset: int = 0) -> list[Reading]:
+    return [Reading("a1", "d1", f"p{offset + i}", t, float(offset + i)) for i in range(n)]
+
+
+async def test_too_large_batches_are_split_until_influxdb_takes_them(
+    mosquitto: Mosquitto,
+    influx_db: InfluxDatabase,
+    proxy: FaultProxy,
+    publisher: Publisher,
+    unique_id: str,
+) -> None:
+    limit = 3000
+
+    def too_large(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.startswith("/write") and len(body) > limit:
+            return (
+                413,
+                {"Content-Type": "application/json"},
+                b'{"error":"Request Entity Too Large"}',
+            )
+        return None
+
+    proxy.fault = too_large
+    influx = {"api": "v1", "url": proxy.url, "database": influx_db.name}
+    ingester = Ingester(make_config(mosquitto, influx, unique_id))
+    async with running(ingester):
+        payload = encode_batch("plant-a", "gw-01", readings(now_ns(), 200))
+        await asyncio.to_thread(
+            publisher.publish, data_topic("plant-a", "gw-01", root=unique_id), payload
+        )
+        await async_wait_for(
+            lambda: count(influx_db.service, influx_db.name) == 200, message="all 200 points"
+        )
+    statuses = [status for *_, status in proxy.writes()]
+    assert statuses[0] == 413
+    assert statuses.count(204) >= 200 * 120 // limit  # split into pieces under the limit
+    assert ingester.counters.readings_written == 200
+    assert ingester.counters.readings_refused == 0
+
+
+async def test_throttling_with_retry_after_is_honoured_and_nothing_is_lost(
+    mosquitto: Mosquitto,
+    influx_db: InfluxDatabase,
+    proxy: FaultProxy,
+    publisher: Publisher,
+    unique_id: str,
+) -> None:
+    answers = itertools.count()
+
+    def throttled(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.startswith("/write") and next(answers) < 3:
+            return 503, {"Retry-After": "1"}, b'{"error":"overloaded"}'
+        return None
+
+    proxy.fault = throttled
+    influx = {"api": "v1", "url": proxy.url, "database": influx_db.name}
+    # First retry after 0.05 s of our own backoff: only Retry-After can make it wait longer.
+    ingester = Ingester(make_config(mosquitto, influx, unique_id), retry_first=0.05)
+    async with running(ingester):
+        payload = encode_batch("plant-a", "gw-01", readings(now_ns(), 10))
+        await asyncio.to_thread(
+            publisher.publish, data_topic("plant-a", "gw-01", root=unique_id), payload
+        )
+        await async_wait_for(
+            lambda: count(influx_db.service, influx_db.name) == 10, message="the ten points"
+        )
+    writes = proxy.writes()
+    assert [status for *_, status in writes] == [503, 503, 503, 204]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(writes)]
+    assert all(gap >= 0.95 for gap in gaps), gaps
+    assert ingester.counters.write_retries == 3
+
+
+async def test_influxdb_down_for_a_minute_loses_nothing(
+    mosquitto: Mosquitto,
+    private_influxdb1: InfluxDB1,
+    publisher: Publisher,
+    unique_id: str,
+) -> None:
+    database = "outage"
+    private_influxdb1.create_database(database)
+    influx = {"api": "v1", "url": private_influxdb1.url, "database": database}
+    ingester = Ingester(make_config(mosquitto, influx, unique_id), retry_cap=5.0)
+    topic = data_topic("plant-a", "gw-01", root=unique_id)
+    t = now_ns()
+    sent = 0
+    async with running(ingester):
+        await asyncio.to_thread(
+            publisher.publish, topic, encode_batch("plant-a", "gw-01", readings(t, 10))
+        )
+        sent += 10
+        await async_wait_for(
+            lambda: count(private_influxdb1, database) == 10, message="points before the outage"
+        )
+        await asyncio.to_thread(private_influxdb1.stop)
+        loop = asyncio.get_running_loop()
+        outage_end = loop.time() + OUTAGE_SECONDS
+        while loop.time() < outage_end:
+            # A message a second for the length of the outage, each held unacknowledged.
+            payload = encode_batch("plant-a", "gw-01", readings(t, 10, offset=sent))
+            await asyncio.to_thread(publisher.publish, topic, payload)
+            sent += 10
+            await asyncio.sleep(1.0)
+        await asyncio.to_thread(private_influxdb1.start)
+        await async_wait_for(
+            lambda: count(private_influxdb1, database) == sent,
+            timeout=60,
+            message=f"all {sent} points after the outage",
+        )
+    assert ingester.counters.write_retries > 0
+    assert ingester.counters.readings_written >= sent
