@@ -8,6 +8,7 @@ nowhere else.
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import logging
@@ -51,6 +52,8 @@ class InfluxV1Writer:
             # string, it does not end up in proxy access logs.
             token = f"{config.username}:{config.password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(token).decode("ascii")
+        self._gzip = config.gzip
+        self._gzip_headers = dict(self._headers, **{"Content-Encoding": "gzip"})
         self._conn: http.client.HTTPConnection | None = None
         #: Retry-After of the last answer, in seconds (None when absent or not a number).
         self._retry_after: float | None = None
@@ -58,7 +61,12 @@ class InfluxV1Writer:
         self.target = f"{config.url} db={config.database}{rp}"
 
     def write(self, body: bytes) -> None:
-        status, data, header = self._request("POST", self._write_path, body, self._headers)
+        headers = self._headers
+        if self._gzip:
+            # Level 1: most of the size gain (line protocol repeats its tags) for little CPU.
+            body = gzip.compress(body, compresslevel=1)
+            headers = self._gzip_headers
+        status, data, header = self._request("POST", self._write_path, body, headers)
         if status in (200, 204):
             return
         text = _error_text(data, header)

@@ -43,6 +43,7 @@ class InfluxV2Writer:
             org=config.org,
             timeout=int(config.timeout * 1000),
             retries=False,
+            enable_gzip=config.gzip,
         )
         self._api: Any = self._client.write_api(write_options=SYNCHRONOUS)
         self.target = f"{config.url} org={config.org} bucket={config.bucket}"

@@ -71,6 +71,20 @@ class _InfluxBase(StrictModel):
     timeout: float = Field(
         default=10.0, gt=0, le=600, description="Seconds to wait for one write to be answered."
     )
+    compress: Literal["auto", "gzip", "none"] = Field(
+        default="auto",
+        description=(
+            "Compress write bodies with gzip. `auto` compresses unless the server is on this "
+            "machine (loopback), where it would only cost CPU."
+        ),
+    )
+
+    @property
+    def gzip(self) -> bool:
+        if self.compress == "auto":
+            host = urlsplit(self.url).hostname or ""
+            return not (host == "localhost" or host.startswith("127.") or host == "::1")
+        return self.compress == "gzip"
 
     @field_validator("url")
     @classmethod

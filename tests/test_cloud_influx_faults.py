@@ -148,3 +148,37 @@ async def test_influxdb_down_for_a_minute_loses_nothing(
         )
     assert ingester.counters.write_retries > 0
     assert ingester.counters.readings_written >= sent
+
+
+@pytest.mark.parametrize(
+    ("compress", "gzipped"), [("gzip", True), ("none", False), ("auto", False)]
+)
+async def test_write_bodies_are_gzipped_when_configured(
+    mosquitto: Mosquitto,
+    influx_db: InfluxDatabase,
+    proxy: FaultProxy,
+    publisher: Publisher,
+    unique_id: str,
+    compress: str,
+    gzipped: bool,
+) -> None:
+    bodies: list[bytes] = []
+
+    def record(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.startswith("/write"):
+            bodies.append(body)
+        return None  # forward it unchanged
+
+    proxy.fault = record
+    influx = {"api": "v1", "url": proxy.url, "database": influx_db.name, "compress": compress}
+    ingester = Ingester(make_config(mosquitto, influx, unique_id))
+    async with running(ingester):
+        payload = encode_batch("plant-a", "gw-01", readings(now_ns(), 50))
+        await asyncio.to_thread(
+            publisher.publish, data_topic("plant-a", "gw-01", root=unique_id), payload
+        )
+        await async_wait_for(
+            lambda: count(influx_db.service, influx_db.name) == 50, message="the 50 points"
+        )
+    # "auto" leaves loopback traffic uncompressed: gzip would only cost CPU there.
+    assert {body[:2] == b"\x1f\x8b" for body in bodies} == {gzipped}
