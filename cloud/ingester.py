@@ -40,7 +40,8 @@ from cloud.mqtt import Incoming, MqttLink
 from cloud.validate import InvalidKind, InvalidMessageError, check_message
 from cloud.writer import Writer, open_writer
 from config.cloud import CloudConfig, InfluxV1
-from wire.topics import deadletter_topic
+from wire.codec import encode_confirm, seq_ranges
+from wire.topics import confirm_topic, deadletter_topic
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,14 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     #: monotonic time by which the lines must be written (first line + batch.max_delay).
     deadline: float | None = None
+    #: (site, agent) → sequence numbers to confirm to that agent once the batch is written.
+    confirm: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.messages.clear()
         self.lines.clear()
         self.deadline = None
+        self.confirm.clear()
 
 
 class Ingester:
@@ -87,6 +91,7 @@ class Ingester:
         self._deadletter_topic = deadletter_topic(root=config.mqtt.topic_root)
         self._logged_sources = FirstSeen()
         self._link: MqttLink | None = None
+        self._highest_seq: dict[tuple[str, str], int] = {}
 
     async def run(
         self,
@@ -217,11 +222,20 @@ class Ingester:
         except InvalidMessageError as exc:
             self._dead_letter(message, exc, link)
             batch.messages.append(message)  # acknowledged in order, with its batch
+            if exc.source is not None:
+                # Dead-lettered is a reported outcome: confirm it, or the agent would send it
+                # again for ever.
+                site, agent, seq = exc.source
+                if seq is not None:
+                    batch.confirm.setdefault((site, agent), []).append(seq)
             return
         if not batch.lines:
             batch.deadline = time.monotonic() + self.config.batch.max_delay
         batch.lines.extend(checked.lines)
         batch.messages.append(message)
+        if checked.seq is not None:
+            batch.confirm.setdefault((checked.site, checked.agent), []).append(checked.seq)
+            self._track_seq(checked.site, checked.agent, checked.seq)
 
     def _dead_letter(self, message: Incoming, exc: InvalidMessageError, link: MqttLink) -> None:
         self.counters.count_invalid(exc.kind)
@@ -262,9 +276,40 @@ class Ingester:
                 )
                 batch.clear()
                 return
+        # Confirm to the agents before acknowledging to the broker: a crash in between leaves
+        # the messages unacknowledged, they come back, are rewritten (same points) and
+        # confirmed then.
+        for (site, agent), seqs in batch.confirm.items():
+            topic = confirm_topic(site, agent, root=self.config.mqtt.topic_root)
+            try:
+                link.publish(topic, encode_confirm(seq_ranges(seqs)))
+            except MqttError as exc:
+                log.error("cannot confirm to agent %s/%s: %s", site, agent, exc)
         for message in batch.messages:
             link.ack(message)
         batch.clear()
+
+    def _track_seq(self, site: str, agent: str, seq: int) -> None:
+        """Count sequence numbers an agent skipped (seen by this ingester alone: with a
+        shared-subscription group each member sees a part, so gaps are not counted then)."""
+        if self.config.mqtt.group is not None:
+            return
+        key = (site, agent)
+        highest = self._highest_seq.get(key)
+        if highest is not None and seq > highest + 1:
+            missing = seq - highest - 1
+            self.counters.seq_gaps[f"{site}/{agent}"] = (
+                self.counters.seq_gaps.get(f"{site}/{agent}", 0) + missing
+            )
+            log.warning(
+                "agent %s/%s: %d message(s) missing before seq %d (spool drops or lost messages)",
+                site,
+                agent,
+                missing,
+                seq,
+            )
+        if highest is None or seq > highest:
+            self._highest_seq[key] = seq
 
     async def _write(
         self, writer: Writer, lines: list[str], stop: asyncio.Event, held: int

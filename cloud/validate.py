@@ -36,9 +36,17 @@ class InvalidKind(enum.StrEnum):
 
 
 class InvalidMessageError(CloudError):
-    def __init__(self, kind: InvalidKind, reason: str) -> None:
+    def __init__(
+        self,
+        kind: InvalidKind,
+        reason: str,
+        source: tuple[str, str, int | None] | None = None,
+    ) -> None:
         self.kind = kind
         self.reason = reason
+        #: (site, agent, seq) when the message was readable enough to tell; lets the ingester
+        #: confirm a dead-lettered message to its agent.
+        self.source = source
         super().__init__(f"{kind}: {reason}")
 
 
@@ -49,6 +57,7 @@ class Checked:
     site: str
     agent: str
     lines: list[str]
+    seq: int | None = None
 
 
 def check_message(
@@ -76,24 +85,38 @@ def check_message(
     except PayloadError as exc:
         # decode_batch chains orjson's error when the bytes are not JSON at all; telling that
         # apart from a JSON message of the wrong shape helps find the sender.
-        kind = (
-            InvalidKind.NOT_JSON
-            if isinstance(exc.__cause__, orjson.JSONDecodeError)
-            else InvalidKind.PAYLOAD
-        )
-        raise InvalidMessageError(kind, str(exc)) from exc
+        if isinstance(exc.__cause__, orjson.JSONDecodeError):
+            raise InvalidMessageError(InvalidKind.NOT_JSON, str(exc)) from exc
+        source = (site, agent, _lenient_seq(payload))
+        raise InvalidMessageError(InvalidKind.PAYLOAD, str(exc), source) from exc
+    source = (site, agent, batch.seq)
     if (batch.site, batch.agent) != (site, agent):
         raise InvalidMessageError(
             InvalidKind.MISMATCH,
             f"the payload says site={batch.site!r} agent={batch.agent!r} but it was published "
             f"on the topic of site={site!r} agent={agent!r}",
+            source,
         )
-    _check_window(batch.groups, limits, now_ns)
+    try:
+        _check_window(batch.groups, limits, now_ns)
+    except InvalidMessageError as exc:
+        exc.source = source
+        raise
     try:
         lines = group_lines(measurement, site, agent, batch.groups)
     except LineProtocolError as exc:
-        raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc)) from exc
-    return Checked(site=site, agent=agent, lines=lines)
+        raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc), source) from exc
+    return Checked(site=site, agent=agent, lines=lines, seq=batch.seq)
+
+
+def _lenient_seq(payload: bytes) -> int | None:
+    """The ``seq`` of a JSON message that failed validation, if it has a usable one."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    seq = doc.get("seq") if isinstance(doc, dict) else None
+    return seq if type(seq) is int and seq >= 0 else None
 
 
 def _check_window(groups: list[Group], limits: IngestSection, now_ns: int) -> None:

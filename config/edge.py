@@ -24,7 +24,32 @@ class AgentSection(StrictModel):
 
 class MqttSection(BrokerSection):
     client_id: str | None = Field(
-        default=None, description="MQTT client id; defaults to fieldlink-<site>-<agent>."
+        default=None,
+        description=(
+            "MQTT client id, fixed so the broker keeps the agent's session (confirmations "
+            "published while it is away); defaults to fieldlink-<site>-<agent>."
+        ),
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5",
+        description=(
+            "MQTT version. 5 lets the agent see the broker's refusals (not authorised, quota) "
+            "in PUBACKs; 3.1.1 for brokers without it."
+        ),
+    )
+    session_expiry: int = Field(
+        default=86_400,
+        ge=0,
+        description="Seconds the broker keeps the agent's session while it is disconnected.",
+    )
+    max_inflight: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description=(
+            "Messages published and not yet acknowledged by the broker; also capped by the "
+            "broker's Receive Maximum."
+        ),
     )
 
 

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, model_validator
 
 from config.base import Ident, StrictModel
+
+
+class TlsSection(StrictModel):
+    """TLS to the broker. The server certificate is always verified, host name included; a
+    TLS connection that fails is never retried in plain TCP."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed the broker's certificate; the system's CAs if unset.",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS; needs key_file."
+    )
+    key_file: Path | None = Field(
+        default=None, description="Private key (PEM) of cert_file, for mutual TLS."
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("@cert_file: mutual TLS needs both cert_file and key_file")
+        return self
 
 
 class BrokerSection(StrictModel):
@@ -18,4 +42,8 @@ class BrokerSection(StrictModel):
     topic_root: Ident = Field(
         default="fieldlink",
         description="First level of every topic; agents and ingesters must agree on it.",
+    )
+    tls: TlsSection | None = Field(
+        default=None,
+        description="Connect with TLS (port 8883 usually); unset: plain TCP.",
     )

@@ -4,6 +4,11 @@ A register holds either a constant or a waveform evaluated at request time. Vali
 catches what would otherwise surface as a confusing answer on the wire: overlapping
 registers, values that run past address 65535, two devices answering the same unit id
 on one port, and values that cannot be encoded in their register type.
+
+A device is served over Modbus TCP, RTU over TCP, or RTU/ASCII on a pseudo-terminal (a real
+tty the agent opens like a serial port); devices naming the same ``gateway`` share one
+listener or one serial line. ``faults`` inject latency, silence, exception codes, dropped
+connections and corrupted checksums, per device or per address range, from a seeded RNG.
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ def _value_kind(value: Any) -> str | None:
         wave = getattr(value, "wave", None)
         return _WAVE_TAGS.get(wave) if isinstance(wave, str) else None
     if isinstance(value, bool):
-        return None  # YAML `yes`/`true` is almost certainly a mistake, not 1
+        return "Bool"  # only a bool register takes it; for the others it is an error
     if isinstance(value, int | float):
         return "Number"
     if isinstance(value, str):
@@ -154,6 +159,7 @@ def _value_kind(value: Any) -> str | None:
 
 RegisterValue = Annotated[
     Annotated[Number, Tag("Number")]
+    | Annotated[bool, Tag("Bool")]
     | Annotated[str, Tag("Text")]
     | Annotated[ConstantWave, Tag("Constant")]
     | Annotated[SineWave, Tag("Sine")]
@@ -171,13 +177,19 @@ RegisterValue = Annotated[
 ]
 
 
-class SimRegister(StrictModel):
-    """One value in a device's register map, occupying one or more consecutive registers."""
+SimTable = Literal["holding", "input", "coil", "discrete"]
+_BIT_TABLES = ("coil", "discrete")
 
-    table: Literal["holding", "input"] = Field(
+
+class SimRegister(StrictModel):
+    """One value in a device's register map, occupying one or more consecutive registers
+    (or, in the coil and discrete tables, one bit)."""
+
+    table: SimTable = Field(
         default="holding",
         description=(
-            "Register table: `holding` (read by FC3, written by FC6/FC16) or `input` (FC4)."
+            "Table: `holding` (read by FC3, written by FC6/FC16), `input` (FC4), `coil` (FC1, "
+            "written by FC5/FC15) or `discrete` (FC2). Coils and discrete inputs are `bool`."
         ),
     )
     address: int = Field(
@@ -197,7 +209,10 @@ class SimRegister(StrictModel):
     )
     offset: Real = Field(default=0.0, description="See `scale`.")
     value: RegisterValue = Field(
-        description="A constant (number, or text for a string) or a waveform `{wave: ...}`."
+        description=(
+            "A constant (number, true/false for a bool, or text for a string) or a waveform "
+            "`{wave: ...}`; a bool follows a waveform as `value > 0` (a counter: its lowest bit)."
+        )
     )
 
     @property
@@ -216,6 +231,17 @@ class SimRegister(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> SimRegister:
         kind = self.type
+        value = self.value
+        constant = value.value if isinstance(value, ConstantWave) else value
+        if kind is RegisterType.BOOL or self.table in _BIT_TABLES:
+            self._check_bool()
+            return self
+        if isinstance(constant, bool):
+            article = "an" if kind.value.startswith(("int", "uint")) else "a"
+            raise ValueError(
+                f"@value: true/false is for bool registers (table coil or discrete); "
+                f"{article} {kind.value} register needs a number (got {constant})"
+            )
         if kind is RegisterType.STRING:
             if self.length is None:
                 raise ValueError(
@@ -234,8 +260,6 @@ class SimRegister(StrictModel):
                 f"@address: {kind.value} at {self.address} needs {self.count} registers and "
                 "runs past the last address (65535)"
             )
-        value = self.value
-        constant = value.value if isinstance(value, ConstantWave) else value
         if kind is RegisterType.STRING:
             if not isinstance(constant, str):
                 raise ValueError("@value: a string register needs a constant text value")
@@ -250,6 +274,29 @@ class SimRegister(StrictModel):
             raise ValueError(f"@value: a counter needs an integer register type, not {kind.value}")
         return self
 
+    def _check_bool(self) -> None:
+        if self.table not in _BIT_TABLES:
+            raise ValueError(
+                f"@type: bool registers are coils or discrete inputs; use table coil or "
+                f"discrete (a {self.table} register holds 16 bits: use uint16)"
+            )
+        if self.type is not RegisterType.BOOL:
+            raise ValueError(
+                f"@type: a {self.table} holds one bit: type bool, not {self.type.value}"
+            )
+        if self.length is not None:
+            raise ValueError("@length: only string registers have a length; bool is one bit")
+        if self.scale != 1.0 or self.offset != 0.0:
+            raise ValueError("@scale: a bool register cannot have scale or offset")
+        value = self.value
+        constant = value.value if isinstance(value, ConstantWave) else value
+        if isinstance(constant, str):
+            raise ValueError("@value: a bool register needs true or false, not text")
+        if isinstance(constant, int | float) and constant not in (0, 1):
+            raise ValueError(
+                f"@value: a bool register needs true or false (or 1/0), not {constant}"
+            )
+
 
 def _codec_reason(exc: Exception) -> str:
     if isinstance(exc, UnicodeEncodeError):
@@ -257,13 +304,125 @@ def _codec_reason(exc: Exception) -> str:
     return str(exc)
 
 
+SimTransport = Literal["tcp", "rtu-over-tcp", "rtu", "ascii"]
+SERIAL_TRANSPORTS = frozenset({"rtu", "ascii"})
+#: Transports whose frames carry a checksum (CRC for RTU, LRC for ASCII).
+CHECKSUM_TRANSPORTS = frozenset({"rtu", "rtu-over-tcp", "ascii"})
+_SERIAL_FIELDS = ("baudrate", "parity", "stopbits", "bytesize", "emulate_timing", "serial_link")
+_TCP_FIELDS = ("host", "port", "max_connections")
+_FAULT_KINDS = ("latency", "no_answer", "exception", "drop_connection", "corrupt_crc")
+
+
+def _chance_kind(value: Any) -> str:
+    return "Always" if isinstance(value, str) else "Probability"
+
+
+#: How often a fault strikes a matching request: a probability, or `always`.
+Chance = Annotated[
+    Annotated[float, Field(ge=0, le=1), Tag("Probability")]
+    | Annotated[Literal["always"], Tag("Always")],
+    Discriminator(_chance_kind),
+]
+
+
+class EveryN(StrictModel):
+    """A fault striking every N-th matching request (N, 2N, 3N, ...)."""
+
+    every: int = Field(ge=1, description="Strike at every N-th matching request.")
+
+
+def _drop_kind(value: Any) -> str:
+    if isinstance(value, dict | EveryN):
+        return "Every"
+    return _chance_kind(value)
+
+
+DropRule = Annotated[
+    Annotated[float, Field(ge=0, le=1), Tag("Probability")]
+    | Annotated[Literal["always"], Tag("Always")]
+    | Annotated[EveryN, Tag("Every")],
+    Discriminator(_drop_kind),
+]
+
+
+class SimFault(StrictModel):
+    """One injected fault: exactly one of its kinds, optionally limited to an address range."""
+
+    latency: float | None = Field(
+        default=None, ge=0, le=60, description="Seconds added before every matching answer."
+    )
+    no_answer: Chance | None = Field(
+        default=None,
+        description="Leave a matching request unanswered: a probability 0..1, or `always`.",
+    )
+    exception: int | None = Field(
+        default=None,
+        ge=1,
+        le=127,
+        description="Answer matching requests with this exception code (e.g. 2, 4, 6, 11).",
+    )
+    drop_connection: DropRule | None = Field(
+        default=None,
+        description=(
+            "Close the TCP connection instead of answering: a probability, `always`, or "
+            "`{every: N}` for every N-th matching request (tcp and rtu-over-tcp only)."
+        ),
+    )
+    corrupt_crc: Chance | None = Field(
+        default=None,
+        description=(
+            "Send the answer with a wrong CRC (RTU) or LRC (ASCII): a probability or `always`."
+        ),
+    )
+    table: SimTable | None = Field(
+        default=None, description="Only requests to this table match; default any table."
+    )
+    addresses: tuple[int, int] | None = Field(
+        default=None,
+        description=(
+            "Only requests touching this inclusive range of 0-based addresses [first, last] "
+            "match; default every address."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SimFault:
+        given = [k for k in _FAULT_KINDS if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"a fault needs one of: {', '.join(_FAULT_KINDS)}")
+        if len(given) > 1:
+            raise ValueError(
+                f"@{given[1]}: one kind per fault; this one already has `{given[0]}`, "
+                "give the other as its own list entry"
+            )
+        if self.addresses is not None:
+            first, last = self.addresses
+            if not 0 <= first <= last <= 65535:
+                raise ValueError(
+                    f"@addresses: need 0 <= first <= last <= 65535, got [{first}, {last}]"
+                )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _FAULT_KINDS if getattr(self, k) is not None)
+
+
 class SimDevice(StrictModel):
-    """One simulated device: a unit id on a TCP listener with its own register map."""
+    """One simulated device: a unit id on a TCP listener or a serial line, with its own
+    register map."""
 
     name: Ident = Field(
         description="Unique device name; the key of `endpoints()` and of the ports file."
     )
-    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    transport: SimTransport = Field(
+        default="tcp",
+        description=(
+            "`tcp` (Modbus TCP), `rtu-over-tcp` (RTU frames on a TCP port, like a serial "
+            "server), `rtu` or `ascii` (on a pseudo-terminal: a real tty the agent opens)."
+        ),
+    )
+    host: str = Field(default="127.0.0.1", description="Address to listen on (TCP only).")
     port: int = Field(
         default=0,
         ge=0,
@@ -276,11 +435,55 @@ class SimDevice(StrictModel):
     gateway: Ident | None = Field(
         default=None,
         description=(
-            "Devices naming the same gateway share one listener even with port 0, like devices "
-            "behind one Modbus gateway. They must have the same host and port."
+            "Devices naming the same gateway share one listener (TCP) or one serial line "
+            "(rtu, ascii), like devices behind one gateway or on one RS-485 bus. They must "
+            "agree on transport and on host and port or line settings."
         ),
     )
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit id the device answers.")
+    baudrate: int = Field(
+        default=19200,
+        ge=50,
+        le=4_000_000,
+        description="Serial line speed (rtu, ascii); only sets timing (see emulate_timing).",
+    )
+    parity: Literal["N", "E", "O"] = Field(
+        default="E", description="Serial parity (rtu, ascii); counts in the character time."
+    )
+    stopbits: Literal[1, 2] = Field(default=1, description="Serial stop bits (rtu, ascii).")
+    bytesize: Literal[7, 8] | None = Field(
+        default=None, description="Serial data bits (rtu, ascii): default 8 for RTU, 7 for ASCII."
+    )
+    emulate_timing: bool = Field(
+        default=True,
+        description=(
+            "Delay each serial answer by the time its bytes take at `baudrate`, as a real "
+            "line does (rtu, ascii)."
+        ),
+    )
+    serial_link: str | None = Field(
+        default=None,
+        description=(
+            "Path of a symlink to create to the pseudo-terminal (rtu, ascii), so an agent "
+            "config can name a fixed path; replaced if it is a symlink, removed on exit."
+        ),
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description=(
+            "Most TCP connections accepted at once; more are closed at once, like devices "
+            "that accept only one client (tcp, rtu-over-tcp). Default: no limit."
+        ),
+    )
+    faults: list[SimFault] = Field(
+        default_factory=list,
+        description="Faults injected into this device's answers (see sim/README.md).",
+    )
+    fault_seed: int = Field(
+        default=0, description="Seed of the device's fault generator, for reproducible runs."
+    )
     registers: list[SimRegister] = Field(min_length=1, description="The device's register map.")
 
     @model_validator(mode="after")
@@ -309,8 +512,76 @@ class SimDevice(StrictModel):
                 reach = index
         return self
 
+    @model_validator(mode="after")
+    def _fields_fit_transport(self) -> SimDevice:
+        given = self.model_fields_set
+        serial = self.is_serial
+        for name in _TCP_FIELDS if serial else _SERIAL_FIELDS:
+            if name in given:
+                where = (
+                    "a serial device is served on a pseudo-terminal"
+                    if serial
+                    else "only serial devices (transport rtu or ascii) have it"
+                )
+                raise ValueError(f"@{name}: not for transport {self.transport}: {where}")
+        if self.transport == "rtu" and self.bytesize == 7:
+            raise ValueError("@bytesize: RTU needs 8 data bits (7 is for ASCII)")
+        for index, fault in enumerate(self.faults):
+            if fault.corrupt_crc is not None and self.transport not in CHECKSUM_TRANSPORTS:
+                raise ValueError(
+                    f"@faults[{index}].corrupt_crc: Modbus TCP frames have no CRC; "
+                    "needs transport rtu, rtu-over-tcp or ascii"
+                )
+            if fault.drop_connection is not None and serial:
+                raise ValueError(
+                    f"@faults[{index}].drop_connection: a serial line has no connection to "
+                    "drop; needs transport tcp or rtu-over-tcp"
+                )
+        return self
+
+    @property
+    def is_serial(self) -> bool:
+        return self.transport in SERIAL_TRANSPORTS
+
+    @property
+    def data_bits(self) -> int:
+        if self.bytesize is not None:
+            return self.bytesize
+        return 7 if self.transport == "ascii" else 8
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the serial line."""
+        bits = 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_gap(self) -> float:
+        """The RTU inter-frame silence (3.5 characters; 1.75 ms above 19200 bit/s); 0 for
+        every other transport."""
+        if self.transport != "rtu":
+            return 0.0
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time
+
+    def line_settings(self) -> tuple[Any, ...]:
+        """What devices sharing one listener or line must agree on."""
+        if self.is_serial:
+            return (
+                self.transport,
+                self.baudrate,
+                self.parity,
+                self.stopbits,
+                self.data_bits,
+                self.emulate_timing,
+                self.serial_link,
+            )
+        return (self.transport, self.host, self.port, self.max_connections)
+
     def listener_key(self) -> tuple[str, int, str]:
-        """Devices with equal keys are served by one TCP listener."""
+        """Devices with equal keys are served by one TCP listener or one serial line."""
+        if self.is_serial:
+            owner = f"gateway:{self.gateway}" if self.gateway is not None else f"device:{self.name}"
+            return ("", 0, f"{self.transport}:{owner}")
         if self.port != 0:
             return (self.host, self.port, "")
         if self.gateway is not None:
@@ -319,7 +590,7 @@ class SimDevice(StrictModel):
 
 
 class SimConfig(StrictModel):
-    """A simulated plant: Modbus TCP devices served by ``fieldlink sim run``."""
+    """A simulated plant: Modbus devices served by ``fieldlink sim run``."""
 
     kind: Literal["sim"] = Field(description="Must be `sim` for a simulator config.")
     devices: list[SimDevice] = Field(min_length=1, description="The simulated devices.")
@@ -328,6 +599,7 @@ class SimConfig(StrictModel):
     def _devices_distinct(self) -> SimConfig:
         names: dict[str, int] = {}
         gateways: dict[str, int] = {}
+        ports: dict[tuple[str, int], int] = {}
         units: dict[tuple[tuple[str, int, str], int], int] = {}
         for index, device in enumerate(self.devices):
             first = names.setdefault(device.name, index)
@@ -339,12 +611,16 @@ class SimConfig(StrictModel):
             if device.gateway is not None:
                 first = gateways.setdefault(device.gateway, index)
                 other = self.devices[first]
-                if (other.host, other.port) != (device.host, device.port):
+                if not device.is_serial and (other.host, other.port) != (device.host, device.port):
                     raise ValueError(
                         f"@devices[{index}].port: gateway {device.gateway!r} is at "
                         f"{other.host}:{other.port} (devices[{first}]); devices of one gateway "
                         "need the same host and port"
                     )
+                _same_line(index, device, first, other)
+            if not device.is_serial and device.port != 0:
+                first = ports.setdefault((device.host, device.port), index)
+                _same_line(index, device, first, self.devices[first])
             key = (device.listener_key(), device.unit_id)
             first = units.setdefault(key, index)
             if first != index:
@@ -356,7 +632,27 @@ class SimConfig(StrictModel):
         return self
 
 
+def _same_line(index: int, device: SimDevice, first: int, other: SimDevice) -> None:
+    """Devices sharing a listener or line must agree on how it is served."""
+    if device.line_settings() == other.line_settings():
+        return
+    if device.transport != other.transport:
+        field = "transport"
+    else:
+        fields = list(_SERIAL_FIELDS) if device.is_serial else ["max_connections"]
+        field = next(f for f in fields if getattr(device, f) != getattr(other, f))
+    shared = f"gateway {device.gateway!r}" if device.gateway else f"port {device.port}"
+    raise ValueError(
+        f"@devices[{index}].{field}: {shared} is shared with devices[{first}] "
+        f"({other.name}), which has {field} {getattr(other, field)!r}; devices on one "
+        "listener or line must agree"
+    )
+
+
 def _where(device: SimDevice) -> str:
+    if device.is_serial:
+        line = f"gateway {device.gateway}" if device.gateway is not None else device.name
+        return f"the {device.transport} line of {line}"
     where = f"{device.host}:{device.port}"
     return f"{where} (gateway {device.gateway})" if device.gateway is not None else where
 

@@ -25,6 +25,9 @@ from wire.model import Group, Quality, Reading, Value, point_entry
 from wire.topics import ID_PATTERN, is_valid_id, is_valid_unit
 
 PAYLOAD_SCHEMA = "fieldlink.batch/1"
+CONFIRM_SCHEMA = "fieldlink.confirm/1"
+#: Boot ids are short opaque tokens (the agent uses 32 hex digits).
+MAX_BOOT_ID = 64
 #: Text values longer than this are refused: they would bloat every write downstream.
 MAX_TEXT_VALUE = 1024
 
@@ -40,6 +43,8 @@ class Batch:
     groups: list[Group] = field(default_factory=list)
     #: Per-agent sequence number; optional in schema 1 (used by the delivery protocol).
     seq: int | None = None
+    #: Id of the agent process run that sent it (a new one at every start).
+    boot: str | None = None
 
     @property
     def readings(self) -> list[Reading]:
@@ -51,11 +56,19 @@ class Batch:
         return sum(len(g.points) for g in self.groups)
 
 
-def encode_groups(site: str, agent: str, groups: Sequence[Group], seq: int | None = None) -> bytes:
+def encode_groups(
+    site: str,
+    agent: str,
+    groups: Sequence[Group],
+    seq: int | None = None,
+    boot: str | None = None,
+) -> bytes:
     """Pack groups of readings into one message: the agent's hot path, one ``orjson.dumps``."""
     doc: dict[str, Any] = {"schema": PAYLOAD_SCHEMA, "site": site, "agent": agent, "groups": groups}
     if seq is not None:
         doc["seq"] = seq
+    if boot is not None:
+        doc["boot"] = boot
     return orjson.dumps(doc)
 
 
@@ -103,6 +116,9 @@ def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:
     seq = doc.get("seq")
     if seq is not None and (type(seq) is not int or seq < 0):
         raise PayloadError(f"seq: expected a non-negative integer, got {seq!r}")
+    boot = doc.get("boot")
+    if boot is not None and (not isinstance(boot, str) or not 0 < len(boot) <= MAX_BOOT_ID):
+        raise PayloadError(f"boot: expected a string of 1 to {MAX_BOOT_ID} characters")
     raw_groups = doc.get("groups")
     if not isinstance(raw_groups, list):
         raise PayloadError(f"groups: expected an array, got {_kind(raw_groups)}")
@@ -114,10 +130,10 @@ def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:
         count += len(checked.points)
         if count > max_readings:
             raise PayloadError(f"more than {max_readings} readings in one message")
-    return Batch(site=site, agent=agent, groups=groups, seq=seq)
+    return Batch(site=site, agent=agent, groups=groups, seq=seq, boot=boot)
 
 
-_TOP_KEYS = frozenset({"schema", "site", "agent", "groups", "seq"})
+_TOP_KEYS = frozenset({"schema", "site", "agent", "groups", "seq", "boot"})
 _GROUP_KEYS = frozenset({"asset", "device", "t", "points"})
 _POINT_KEYS = frozenset({"p", "v", "u", "q", "r"})
 _QUALITY_NAMES = frozenset(q.value for q in Quality)
@@ -219,3 +235,42 @@ def _kind(value: object) -> str:
     return {dict: "an object", list: "an array", str: "a string", type(None): "null"}.get(
         type(value), type(value).__name__
     )
+
+
+def encode_confirm(ranges: Sequence[tuple[int, int]]) -> bytes:
+    """An ingester's confirmation: these inclusive seq ranges of the agent are stored."""
+    return orjson.dumps({"schema": CONFIRM_SCHEMA, "ranges": [list(r) for r in ranges]})
+
+
+def decode_confirm(payload: bytes) -> list[tuple[int, int]]:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("schema") != CONFIRM_SCHEMA:
+        raise PayloadError(f"schema: expected {CONFIRM_SCHEMA!r}")
+    ranges = doc.get("ranges")
+    if not isinstance(ranges, list):
+        raise PayloadError("ranges: expected an array of [first, last] pairs")
+    out: list[tuple[int, int]] = []
+    for i, pair in enumerate(ranges):
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(type(x) is int and x >= 0 for x in pair)
+            or pair[0] > pair[1]
+        ):
+            raise PayloadError(f"ranges[{i}]: expected [first, last] with 0 <= first <= last")
+        out.append((pair[0], pair[1]))
+    return out
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted, merged inclusive ranges of a set of sequence numbers."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if ranges and seq == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges

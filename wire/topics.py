@@ -49,6 +49,16 @@ def deadletter_topic(*, root: str = ROOT) -> str:
     return f"{root}/{VERSION}/deadletter"
 
 
+def status_topic(site: str, agent: str, *, root: str = ROOT) -> str:
+    """Retained agent status: ``{"state": "online", ...}`` (birth) or ``offline`` (will)."""
+    return data_topic(site, agent, root=root).rsplit("/", 1)[0] + "/status"
+
+
+def confirm_topic(site: str, agent: str, *, root: str = ROOT) -> str:
+    """Where ingesters confirm to an agent which of its messages are stored."""
+    return data_topic(site, agent, root=root).rsplit("/", 1)[0] + "/confirm"
+
+
 def data_subscription(*, root: str = ROOT) -> str:
     """The filter an ingester subscribes to: every site, every agent."""
     return f"{root}/{VERSION}/+/+/data"
