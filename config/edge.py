@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import orjson
 from pydantic import Field, create_model
 
 from config.base import Ident, StrictModel
@@ -64,8 +66,48 @@ class PublishSection(StrictModel):
         default=200_000,
         ge=1000,
         description=(
-            "Readings held in memory while the broker is slow or away. When full, the oldest "
-            "are dropped and counted (the disk spool of the delivery issue replaces this)."
+            "Readings waiting in memory to be written to the spool (normally a fraction of a "
+            "second's worth). If the disk cannot keep up and it fills, the oldest are dropped "
+            "and counted."
+        ),
+    )
+
+
+class SpoolSection(StrictModel):
+    """The on-disk queue every batch is committed to before it is published."""
+
+    path: Path | None = Field(
+        default=None,
+        description=(
+            "SQLite file of the spool; default "
+            "$XDG_STATE_HOME/fieldlink/<site>-<agent>.spool (~/.local/state/fieldlink/...)."
+        ),
+    )
+    max_bytes: int = Field(
+        default=1 << 30,
+        ge=1 << 16,
+        description="Size cap; past it the oldest messages are dropped, counted and reported.",
+    )
+    max_age: float | None = Field(
+        default=7 * 86_400,
+        gt=0,
+        description="Age cap in seconds (unset: none); older messages are dropped and reported.",
+    )
+    confirm_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds to wait for the cloud's confirmation of a published message before "
+            "publishing it again."
+        ),
+    )
+    backlog_rate: float = Field(
+        default=20_000,
+        gt=0,
+        description=(
+            "Readings per second at most spent on backlog (messages spooled while the broker "
+            "or cloud was away), so live readings are never starved while it drains."
         ),
     )
 
@@ -82,6 +124,9 @@ class EdgeEnvelope(StrictModel):
     publish: PublishSection = Field(
         default_factory=PublishSection, description="Batching and the in-memory queue."
     )
+    spool: SpoolSection = Field(
+        default_factory=SpoolSection, description="The crash-safe on-disk queue."
+    )
     buses: list[dict[str, Any]] = Field(description="Field buses; see each driver's schema.")
     devices: list[dict[str, Any]] = Field(description="Devices to poll; see each driver's schema.")
 
@@ -94,8 +139,12 @@ class EdgeConfig:
     agent: AgentSection
     mqtt: MqttSection
     publish: PublishSection
+    spool: SpoolSection
     buses: list[BusBase]
     devices: list[DeviceBase]
+    #: Short hash of the effective config, announced in the agent's birth message so an
+    #: operator can tell which config a gateway runs.
+    config_hash: str = ""
 
     def bus(self, name: str) -> BusBase:
         return next(b for b in self.buses if b.name == name)
@@ -124,7 +173,17 @@ def validate_edge(
     devices = _validate_devices(raw_devices, raw_buses, registry, problems)
     if problems or envelope is None:
         raise ConfigError(source, problems)
-    return EdgeConfig(source, envelope.agent, envelope.mqtt, envelope.publish, buses, devices)
+    digest = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    return EdgeConfig(
+        source,
+        envelope.agent,
+        envelope.mqtt,
+        envelope.publish,
+        envelope.spool,
+        buses,
+        devices,
+        config_hash=digest,
+    )
 
 
 def _list_or_empty(value: Any) -> list[Any]:
