@@ -23,7 +23,7 @@ class AgentPlan:
 
 
 def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> AgentPlan:
-    publisher = Publisher(config.agent.site, config.agent.id, config.mqtt, config.publish)
+    publisher = Publisher(config)
     return AgentPlan(build_workers(config, publisher.submit, registry), publisher)
 
 
@@ -109,17 +109,21 @@ async def run_agent(
             async with asyncio.timeout(drain_timeout):
                 await plan.publisher.drain()
         except TimeoutError:
+            # Nothing is lost: what is spooled and not confirmed goes out on the next start.
             log.warning(
-                "shutdown: %d reading(s) not acknowledged by the broker within %.0f s were lost",
-                plan.publisher.pending,
+                "shutdown: the broker did not take everything within %.0f s; unconfirmed "
+                "messages stay in the spool for the next start",
                 drain_timeout,
             )
         publish_task.cancel()
     stats = plan.publisher.stats
     log.info(
-        "agent stopped: %d reading(s) in %d message(s) published, %d dropped",
+        "agent stopped: %d reading(s) in %d message(s) published (%d republished), "
+        "%d confirmed message(s) removed from the spool, %d reading(s) dropped",
         stats.readings,
         stats.messages,
-        stats.dropped,
+        stats.republished,
+        stats.confirmed,
+        stats.dropped + stats.spool_dropped,
     )
     return 0

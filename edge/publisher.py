@@ -1,67 +1,110 @@
-"""Forwarding readings to MQTT: batch, encode, publish at QoS 1, keep what is not confirmed.
+"""Forwarding readings: batch, commit to the spool, publish, and forget only what the cloud
+confirmed stored (see docs/delivery.md).
 
-Pollers call :meth:`Publisher.submit`, which never waits on the network. Readings wait in a
-bounded in-memory queue; a message leaves the queue only once the broker acknowledged it
-(PUBACK). If the queue is full the *oldest* readings are dropped and counted — a stated
-overflow policy, never a silent one. (The crash-safe disk spool of the delivery issue replaces
-this queue; the interface stays.)
+The path of a batch:
 
-This is the only module of the agent that imports aiomqtt/paho.
+1. Pollers call :meth:`Publisher.submit`, which never waits on the network or the disk.
+   Groups wait in memory (``publish.queue_size`` readings at most; when that fills because
+   the disk cannot keep up, the oldest are dropped and counted).
+2. Every ``max_batch`` readings or ``max_delay`` seconds, the batch is encoded with the
+   agent's next sequence number and boot id and committed to the spool (SQLite) in one
+   transaction, in the spool's own thread.
+3. The sender publishes spooled messages at QoS 1, at most ``mqtt.max_inflight`` (and the
+   broker's Receive Maximum) at a time. **Live first**: messages spooled since the last send
+   go out before backlog (messages spooled during an outage, or published and never
+   confirmed within ``spool.confirm_timeout``); backlog gets at most ``spool.backlog_rate``
+   readings per second, so fresh readings keep flowing while a backlog drains. A negative
+   PUBACK (not authorised, quota, no subscribers) counts as not delivered.
+4. An ingester confirms stored sequence numbers on the agent's confirm topic; only then are
+   they deleted from the spool. Unconfirmed messages are published again after the timeout.
+5. The spool's caps (size, age) drop the oldest messages when exceeded; the loss is counted
+   and sent as a gap record — readings of the agent's own points ``spool_dropped_readings``
+   and ``spool_dropped_messages`` — so it is visible in InfluxDB next to the data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
-import aiomqtt
+from config.edge import EdgeConfig
+from edge.mqtt import AgentSession, NotDelivered
+from edge.spool import Entry, Gap, Spool
+from fieldlink import __version__
+from wire.codec import PayloadError, decode_confirm, encode_groups
+from wire.model import Group, PointEntry
+from wire.topics import confirm_topic, data_topic, status_topic
 
-from config.edge import EdgeConfig, MqttSection, PublishSection
-from edge.backoff import Backoff
-from wire.codec import encode_groups
-from wire.model import Group
-from wire.topics import data_topic
+log = logging.getLogger("fieldlink.edge.publish")
 
-log = logging.getLogger("fieldlink.edge.mqtt")
+T = TypeVar("T")
+
+#: Spooled messages kept in memory for the live path; older ones are read back from the spool.
+LIVE_WINDOW = 64
+#: Seconds between two checks of the spool's caps.
+CAPS_INTERVAL = 5.0
 
 
 @dataclass
 class PublishStats:
     messages: int = 0
     readings: int = 0
+    #: Readings dropped from the in-memory queue before reaching the spool.
     dropped: int = 0
-    failures: int = 0
+    #: Readings the spool's caps dropped.
+    spool_dropped: int = 0
+    republished: int = 0
+    not_delivered: int = 0
+    confirmed: int = 0
+
+
+def default_spool_path(site: str, agent: str) -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fieldlink" / f"{site}-{agent}.spool"
 
 
 class Publisher:
-    def __init__(
-        self,
-        site: str,
-        agent: str,
-        mqtt: MqttSection,
-        publish: PublishSection,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._site = site
-        self._agent = agent
-        self._mqtt = mqtt
-        self._cfg = publish
+    def __init__(self, config: EdgeConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._site = config.agent.site
+        self._agent = config.agent.id
+        self._cfg = config.publish
+        self._spool_cfg = config.spool
         self._clock = clock
-        self._topic = data_topic(site, agent, root=mqtt.topic_root)
-        #: Groups waiting for the broker, oldest first, and the readings they hold in total.
-        self._queue: deque[Group] = deque()
-        self._queued_readings = 0
-        self._wakeup = asyncio.Event()
+        root = config.mqtt.topic_root
+        self._topic = data_topic(self._site, self._agent, root=root)
+        self._confirm_topic = confirm_topic(self._site, self._agent, root=root)
+        self._status_topic = status_topic(self._site, self._agent, root=root)
+        self._buffer: deque[Group] = deque()
+        self._buffered = 0
         self._oldest_at: float | None = None
-        self._backoff = Backoff()
-        self._connected = asyncio.Event()
-        #: Set while shutting down: send what is queued without waiting for a full batch.
+        self._batch_wakeup = asyncio.Event()
+        self._send_wakeup = asyncio.Event()
         self._flushing = False
+        #: Spooled, never published: the live path (newest LIVE_WINDOW kept in memory).
+        self._fresh: deque[Entry] = deque(maxlen=LIVE_WINDOW)
+        self._inflight: set[int] = set()
+        #: seq → monotonic time of its last successful publish, until confirmed.
+        self._sent_at: dict[int, float] = {}
+        self._backlog_tokens = 0.0
+        self._backlog_refill_at = clock()
+        self._spool: Spool | None = None
+        #: Whether the spool may hold unreported gaps (at start, and after a cap dropped).
+        self._gaps_possible = True
+        self._session: AgentSession | None = None
+        self._session_started = asyncio.Event()
+        # All spool access goes through this one thread: SQLite connections are used by one
+        # thread at a time, and the event loop never blocks on the disk.
+        self._spool_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self.stats = PublishStats()
 
     @property
@@ -70,144 +113,304 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        """Readings not yet acknowledged by the broker."""
-        return self._queued_readings
+        """Readings not yet in the spool."""
+        return self._buffered
 
     def submit(self, groups: list[Group]) -> None:
         if not groups:
             return
-        if not self._queue:
-            # The publisher may be idle with no deadline; the first reading starts the
-            # max_delay clock, so it must be woken to arm it.
+        if not self._buffer:
             self._oldest_at = self._clock()
-            self._wakeup.set()
-        self._queue.extend(groups)
-        self._queued_readings += sum(len(g.points) for g in groups)
-        if self._queued_readings > self._cfg.queue_size:
+            self._batch_wakeup.set()
+        self._buffer.extend(groups)
+        self._buffered += sum(len(g.points) for g in groups)
+        if self._buffered > self._cfg.queue_size:
             self._drop_oldest()
-        if self._queued_readings >= self._cfg.max_batch:
-            self._wakeup.set()
+        if self._buffered >= self._cfg.max_batch:
+            self._batch_wakeup.set()
 
     def _drop_oldest(self) -> None:
         if self.stats.dropped == 0:
             log.warning(
-                "publish queue full (%d readings): dropping the oldest; the broker is away "
-                "or too slow",
+                "%d readings wait for the spool: the disk is not keeping up; dropping the oldest",
                 self._cfg.queue_size,
             )
-        while self._queued_readings > self._cfg.queue_size and len(self._queue) > 1:
-            dropped = len(self._queue.popleft().points)
-            self._queued_readings -= dropped
+        while self._buffered > self._cfg.queue_size and len(self._buffer) > 1:
+            dropped = len(self._buffer.popleft().points)
+            self._buffered -= dropped
             self.stats.dropped += dropped
 
+    async def _in_spool_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._spool_thread, fn, *args)
+
     async def run(self) -> None:
-        """Connect, publish, reconnect with backoff; until cancelled."""
-        first_failure = True
-        while True:
-            try:
-                async with self._client() as client:
-                    if not first_failure:
-                        log.info(
-                            "connected to MQTT broker %s:%d again", self._mqtt.host, self._mqtt.port
-                        )
-                    first_failure = True
-                    self._backoff.reset()
-                    self._connected.set()
-                    await self._publish_loop(client)
-            except aiomqtt.MqttError as exc:
-                self._connected.clear()
-                self.stats.failures += 1
-                if first_failure:
-                    log.warning(
-                        "MQTT broker %s:%d: %s; readings are kept and retried",
-                        self._mqtt.host,
-                        self._mqtt.port,
-                        exc,
-                    )
-                    first_failure = False
-                await asyncio.sleep(self._backoff.next_delay())
+        """Open the spool and the MQTT session, then batch, publish and confirm until
+        cancelled. Cancellation leaves everything unconfirmed in the spool."""
+        spool_cfg = self._spool_cfg
+        path = spool_cfg.path or default_spool_path(self._site, self._agent)
+        self._spool = await self._in_spool_thread(
+            lambda: Spool.open(path, max_bytes=spool_cfg.max_bytes, max_age_s=spool_cfg.max_age)
+        )
+        backlog = self._spool.stats
+        log.info(
+            "spool %s: %d message(s) waiting from earlier runs; next seq %d; boot %s",
+            path,
+            backlog.entries,
+            self._spool.next_seq,
+            self._spool.boot_id,
+        )
+        self._session = AgentSession(
+            self._config.mqtt,
+            client_id=self._config.mqtt.client_id or f"fieldlink-{self._site}-{self._agent}",
+            status_topic=self._status_topic,
+            confirm_topic=self._confirm_topic,
+            birth={
+                "version": __version__,
+                "config_hash": self._config.config_hash,
+                "boot": self._spool.boot_id,
+            },
+            on_confirm=self._on_confirm,
+        )
+        self._session.start()
+        self._session_started.set()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._batcher(), name="spool-batcher")
+                tasks.create_task(self._sender(), name="mqtt-sender")
+                tasks.create_task(self._caps(), name="spool-caps")
+        finally:
+            await self._session.close()
+            await self._in_spool_thread(self._spool.close)
+            self._spool_thread.shutdown(wait=False)
 
     async def wait_connected(self) -> None:
-        await self._connected.wait()
+        await self._session_started.wait()
+        assert self._session is not None
+        await self._session.connected.wait()
 
     async def drain(self) -> None:
-        """Send what is queued without waiting for full batches; return once the broker
-        acknowledged all of it. The caller bounds the wait with ``asyncio.timeout``."""
+        """Spool what is buffered and publish what is fresh, waiting for the broker's PUBACKs;
+        the caller bounds the wait. Unconfirmed messages stay in the spool for the next run."""
         self._flushing = True
-        while self._queue:
-            self._wakeup.set()
-            # Polling is fine here: this runs once, at shutdown.
+        self._batch_wakeup.set()
+        while self._buffer or self._fresh or self._inflight:
+            self._batch_wakeup.set()
+            self._send_wakeup.set()
+            # Polling three conditions owned by other tasks; runs once, at shutdown.
             await asyncio.sleep(0.02)
 
-    def _client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
-            self._mqtt.host,
-            self._mqtt.port,
-            username=self._mqtt.username,
-            password=self._mqtt.password,
-            identifier=self._mqtt.client_id or f"fieldlink-{self._site}-{self._agent}",
-            keepalive=self._mqtt.keepalive,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=10,
-        )
+    # --- batching into the spool --------------------------------------------------------------
 
-    async def _publish_loop(self, client: aiomqtt.Client) -> None:
+    async def _batcher(self) -> None:
+        assert self._spool is not None
+        spool = self._spool
         while True:
             await self._wait_for_batch()
-            batch = self._take_batch()
-            count = sum(len(g.points) for g in batch)
-            try:
-                payload = encode_groups(self._site, self._agent, batch)
-                await client.publish(self._topic, payload, qos=1)
-            except BaseException:
-                # Not acknowledged: the batch goes back to the front, in order, to be retried.
-                self._queue.extendleft(reversed(batch))
-                self._queued_readings += count
-                self._oldest_at = self._clock()
-                raise
-            self.stats.messages += 1
-            self.stats.readings += count
+            batch, count = self._take_batch()
+            if not batch:
+                continue
+            gaps = await self._in_spool_thread(spool.gaps) if self._gaps_possible else []
+            self._gaps_possible = False
+            records = self._gap_records(gaps)
+            batch.extend(records)
+            count += sum(len(g.points) for g in records)
+            entry = await self._in_spool_thread(
+                functools.partial(self._append, spool, batch, count, [g.id for g in gaps])
+            )
+            self._fresh.append(entry)
+            self._send_wakeup.set()
 
-    def _take_batch(self) -> list[Group]:
-        """Whole groups from the front, up to max_batch readings (at least one group)."""
+    def _append(self, spool: Spool, batch: list[Group], count: int, gaps: list[int]) -> Entry:
+        """In the spool thread: encode with the next seq and commit, reporting ``gaps``."""
+        site, agent, boot = self._site, self._agent, spool.boot_id
+
+        def payload_for(seq: int) -> bytes:
+            return encode_groups(site, agent, batch, seq, boot)
+
+        return spool.append(payload_for, count, reported_gaps=gaps)
+
+    def _take_batch(self) -> tuple[list[Group], int]:
         batch: list[Group] = []
         taken = 0
-        while self._queue:
-            size = len(self._queue[0].points)
+        while self._buffer:
+            size = len(self._buffer[0].points)
             if batch and taken + size > self._cfg.max_batch:
                 break
-            batch.append(self._queue.popleft())
+            batch.append(self._buffer.popleft())
             taken += size
-        self._queued_readings -= taken
-        self._oldest_at = self._clock() if self._queue else None
-        return batch
+        self._buffered -= taken
+        self._oldest_at = self._clock() if self._buffer else None
+        return batch, taken
 
     async def _wait_for_batch(self) -> None:
         while True:
-            if self._queued_readings >= self._cfg.max_batch or (self._flushing and self._queue):
+            if self._buffered >= self._cfg.max_batch or (self._flushing and self._buffer):
                 return
-            if self._queue and self._oldest_at is not None:
+            remaining: float | None = None
+            if self._buffer and self._oldest_at is not None:
                 remaining = self._oldest_at + self._cfg.max_delay - self._clock()
                 if remaining <= 0:
                     return
-            else:
-                remaining = None
-            self._wakeup.clear()
+            self._batch_wakeup.clear()
             try:
                 async with asyncio.timeout(remaining):
-                    await self._wakeup.wait()
+                    await self._batch_wakeup.wait()
             except TimeoutError:
                 return
 
+    # --- publishing ---------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        assert self._session is not None and self._spool is not None
+        session = self._session
+        while True:
+            await session.connected.wait()
+            window = min(self._config.mqtt.max_inflight, session.receive_maximum)
+            free = window - len(self._inflight)
+            sent = 0
+            while free > 0 and self._fresh:
+                entry = self._fresh.popleft()
+                if entry.seq in self._sent_at or entry.seq in self._inflight:
+                    continue
+                self._send(entry)
+                free -= 1
+                sent += 1
+            if free > 0 and self._backlog_allowance() > 0:
+                for entry in await self._due_backlog(free):
+                    if self._backlog_allowance() <= 0:
+                        break
+                    self._backlog_tokens -= entry.readings
+                    if entry.seq in self._sent_at:
+                        self.stats.republished += 1
+                    self._send(entry)
+                    sent += 1
+            if sent == 0:
+                self._send_wakeup.clear()
+                # Wake for new fresh entries, freed slots, or to look at the backlog again.
+                try:
+                    async with asyncio.timeout(0.2):
+                        await self._send_wakeup.wait()
+                except TimeoutError:
+                    pass
+
+    def _backlog_allowance(self) -> float:
+        now = self._clock()
+        rate = self._spool_cfg.backlog_rate
+        self._backlog_tokens = min(
+            rate, self._backlog_tokens + (now - self._backlog_refill_at) * rate
+        )
+        self._backlog_refill_at = now
+        return self._backlog_tokens
+
+    async def _due_backlog(self, limit: int) -> list[Entry]:
+        """Spooled messages that are neither in flight, nor fresh, nor published recently."""
+        assert self._spool is not None
+        now = self._clock()
+        timeout = self._spool_cfg.confirm_timeout
+        exclude = set(self._inflight)
+        exclude.update(e.seq for e in self._fresh)
+        exclude.update(seq for seq, at in self._sent_at.items() if now - at < timeout)
+        spool = self._spool
+        return await self._in_spool_thread(functools.partial(spool.pending, limit, exclude=exclude))
+
+    def _send(self, entry: Entry) -> None:
+        assert self._session is not None
+        self._inflight.add(entry.seq)
+        future = self._session.publish(self._topic, entry.payload)
+        future.add_done_callback(functools.partial(self._published, entry))
+
+    def _published(self, entry: Entry, future: asyncio.Future[None]) -> None:
+        self._inflight.discard(entry.seq)
+        self._send_wakeup.set()
+        error = future.exception() if not future.cancelled() else NotDelivered("cancelled")
+        if error is None:
+            self._sent_at[entry.seq] = self._clock()
+            self.stats.messages += 1
+            self.stats.readings += entry.readings
+            return
+        self.stats.not_delivered += 1
+        if self.stats.not_delivered == 1 or (
+            isinstance(error, NotDelivered) and "PUBACK" in str(error)
+        ):
+            log.warning("message seq %d not delivered (%s); it stays spooled", entry.seq, error)
+
+    def _on_confirm(self, payload: bytes) -> None:
+        try:
+            ranges = decode_confirm(payload)
+        except PayloadError as exc:
+            log.warning("ignoring a malformed confirmation on %s: %s", self._confirm_topic, exc)
+            return
+        for first, last in ranges:
+            for seq in [s for s in self._sent_at if first <= s <= last]:
+                del self._sent_at[seq]
+        asyncio.get_running_loop().create_task(self._confirm(ranges))
+
+    async def _confirm(self, ranges: list[tuple[int, int]]) -> None:
+        assert self._spool is not None
+        deleted = await self._in_spool_thread(self._spool.confirm, ranges)
+        self.stats.confirmed += deleted
+
+    # --- caps and gaps --------------------------------------------------------------------------
+
+    async def _caps(self) -> None:
+        assert self._spool is not None
+        while True:
+            await asyncio.sleep(CAPS_INTERVAL)
+            dropped = await self._in_spool_thread(self._spool.enforce_caps)
+            if dropped is None:
+                continue
+            self.stats.spool_dropped += dropped.readings
+            for seq in range(dropped.first_seq, dropped.last_seq + 1):
+                self._sent_at.pop(seq, None)
+            log.warning(
+                "spool cap reached: dropped the oldest %d message(s) (%d readings, seq %d..%d); "
+                "a gap record goes to the cloud",
+                dropped.messages,
+                dropped.readings,
+                dropped.first_seq,
+                dropped.last_seq,
+            )
+            # The spool recorded the loss as a gap; the next batch reports it.
+            self._gaps_possible = True
+            self._batch_wakeup.set()
+            if not self._buffer:
+                self._oldest_at = self._clock()
+
+    def _gap_records(self, gaps: list[Gap]) -> list[Group]:
+        """A gap as readings of the agent's own points, so the loss shows in InfluxDB next to
+        the data: ``spool_gap`` (bad, with the reason) at the time of the last lost message,
+        and the counts when they are known."""
+        records = []
+        for gap in gaps:
+            if gap.messages is None:
+                reason = (
+                    f"{gap.cause}: seq {gap.first_seq}..{gap.last_seq} may have been lost "
+                    "(the host restarted before they were made durable)"
+                )
+            else:
+                reason = (
+                    f"{gap.cause}: {gap.messages} message(s), {gap.readings} reading(s), "
+                    f"seq {gap.first_seq}..{gap.last_seq} dropped"
+                )
+            points: list[PointEntry] = [
+                {"p": "spool_gap", "q": "bad", "r": reason[:256]},
+            ]
+            if gap.readings is not None:
+                points.append({"p": "spool_dropped_readings", "v": gap.readings})
+                points.append({"p": "spool_dropped_messages", "v": gap.messages})
+            records.append(Group(self._agent, self._agent, gap.to_ns or time.time_ns(), points))
+        return records
+
 
 async def publish_once(config: EdgeConfig, groups: list[Group]) -> None:
-    """Publish readings in batches and wait for the broker's acknowledgements (`--once`)."""
-    publisher = Publisher(config.agent.site, config.agent.id, config.mqtt, config.publish)
+    """Spool and publish readings, waiting for the broker's acknowledgements (`--once`)."""
+    publisher = Publisher(config)
     publisher.submit(groups)
     async with asyncio.TaskGroup() as tasks:
         runner = tasks.create_task(publisher.run())
         try:
             async with asyncio.timeout(30):
+                await publisher.wait_connected()
                 await publisher.drain()
         finally:
             runner.cancel()

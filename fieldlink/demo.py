@@ -146,6 +146,8 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             DEMO_MQTT_PORT=str(mqtt_port),
             DEMO_INFLUX_URL=influx_url,
             DEMO_INFLUX_DB=DATABASE,
+            # The agent's spool lives with the demo's other data, not in the user's state dir.
+            XDG_STATE_HOME=str(workdir / "state"),
         )
         procs = _Children(workdir, env, console)
         stack.callback(procs.stop_all)

@@ -83,3 +83,10 @@ def private_influxdb1(make_service: ServiceFactory) -> InfluxDB1:
 def private_victoria(make_service: ServiceFactory) -> VictoriaMetrics:
     """A VictoriaMetrics of this test's own, free to be stopped, restarted or paused."""
     return make_service(VictoriaMetrics)
+
+
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Agents spool under $XDG_STATE_HOME by default: give every test (and the processes it
+    starts) its own, so no test reads another's spool or the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
