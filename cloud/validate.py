@@ -103,7 +103,7 @@ def check_message(
         exc.source = source
         raise
     try:
-        lines = group_lines(measurement, site, agent, batch.groups)
+        lines = group_lines(measurement, site, agent, batch.groups, batch.seq)
     except LineProtocolError as exc:
         raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc), source) from exc
     return Checked(site=site, agent=agent, lines=lines, seq=batch.seq)
