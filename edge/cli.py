@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     run.add_argument(
         "--json", action="store_true", help="with --dry-run: JSON lines instead of a table"
     )
+    run.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="with --once: seconds to wait for the broker (default 30)",
+    )
     run.set_defaults(handler=_run)
 
 
@@ -48,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 2
     if args.once:
-        return _once(config, dry_run=args.dry_run, as_json=args.json)
+        return _once(config, dry_run=args.dry_run, as_json=args.json, timeout=args.timeout)
     from edge.agent import run_agent
 
     async def main() -> int:
@@ -61,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
-def _once(config: EdgeConfig, *, dry_run: bool, as_json: bool) -> int:
+def _once(config: EdgeConfig, *, dry_run: bool, as_json: bool, timeout: float) -> int:
     """Poll once. Exit 0 when every reading is good, 1 when any is bad (so an installer's
     script can tell), after printing or publishing them all."""
     from edge.agent import poll_once
@@ -71,9 +77,18 @@ def _once(config: EdgeConfig, *, dry_run: bool, as_json: bool) -> int:
     if dry_run:
         _print_readings(readings, as_json=as_json)
     else:
-        from edge.publisher import publish_once
+        from edge.publisher import BrokerUnreachable, publish_once
 
-        asyncio.run(publish_once(config, groups))
+        try:
+            asyncio.run(publish_once(config, groups, wait_s=timeout))
+        except BrokerUnreachable as exc:
+            print(
+                f"could not publish to the MQTT broker at {config.mqtt.host}:{config.mqtt.port} "
+                f"within {timeout:g} s: {exc}; the readings stay in the spool and go out on the "
+                "next run",
+                file=sys.stderr,
+            )
+            return 3
         print(f"published {len(readings)} readings to {config.mqtt.host}:{config.mqtt.port}")
     return 0 if all(r.quality is Quality.GOOD for r in readings) else 1
 

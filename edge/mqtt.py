@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -75,7 +76,8 @@ class AgentSession:
         #: The broker's Receive Maximum (MQTT 5 CONNACK), 65535 if it named none.
         self.receive_maximum = 65535
         self._unreachable_logged = False
-        self._was_connected = False
+        #: Why the last connection attempt failed (for tools that wait on a connection).
+        self.last_error: str | None = None
 
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
@@ -180,9 +182,21 @@ class AgentSession:
             log.exception("error in the MQTT connect callback")
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:`, so the cause is still at hand.
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError):
+            self.last_error = f"TLS handshake failed: {error}"
+        elif error is not None:
+            self.last_error = str(error) or type(error).__name__
+        else:
+            self.last_error = "connection failed"
         if not self._unreachable_logged:
             self._unreachable_logged = True
-            log.warning("cannot reach MQTT broker at %s; readings stay spooled", self.where)
+            log.warning(
+                "cannot reach MQTT broker at %s (%s); readings stay spooled, retrying",
+                self.where,
+                self.last_error,
+            )
 
     def _on_disconnect(
         self,

@@ -183,6 +183,9 @@ class Publisher:
             await self._in_spool_thread(self._spool.close)
             self._spool_thread.shutdown(wait=False)
 
+    def connection_problem(self) -> str | None:
+        return self._session.last_error if self._session is not None else None
+
     async def wait_connected(self) -> None:
         await self._session_started.wait()
         assert self._session is not None
@@ -402,15 +405,24 @@ class Publisher:
         return records
 
 
-async def publish_once(config: EdgeConfig, groups: list[Group]) -> None:
+class BrokerUnreachable(Exception):
+    """`--once` could not hand its readings to the broker in time; they stay spooled."""
+
+
+async def publish_once(config: EdgeConfig, groups: list[Group], wait_s: float = 30.0) -> None:
     """Spool and publish readings, waiting for the broker's acknowledgements (`--once`)."""
     publisher = Publisher(config)
     publisher.submit(groups)
+    problem: str | None = None
     async with asyncio.TaskGroup() as tasks:
         runner = tasks.create_task(publisher.run())
         try:
-            async with asyncio.timeout(30):
+            async with asyncio.timeout(wait_s):
                 await publisher.wait_connected()
                 await publisher.drain()
+        except TimeoutError:
+            problem = publisher.connection_problem() or "timed out"
         finally:
             runner.cancel()
+    if problem is not None:
+        raise BrokerUnreachable(problem)

@@ -386,7 +386,7 @@ class Spool:
         # and record the seqs in between as possibly lost.
         next_seq = meta.next_seq
         host_gap: tuple[int, int] | None = None
-        if False:
+        if not meta.clean and not (host and host == meta.host_boot_id):
             if meta.seq_ceiling > meta.next_seq:
                 host_gap = (meta.next_seq, meta.seq_ceiling - 1)
             next_seq = max(meta.next_seq, meta.seq_ceiling)
@@ -506,7 +506,7 @@ class Spool:
                 if not exclude:
                     rows = conn.execute(_PENDING, (limit,)).fetchall()
                 else:
-                    cur = conn.execute(_PENDING_SEQS, (limit + len(exclude),))
+                    cur = conn.execute(_PENDING_SEQS, (limit,))
                     wanted = [s for (s,) in cur if s not in exclude][:limit]
                     rows = [conn.execute(_ENTRY, (s,)).fetchone() for s in wanted]
             except sqlite3.Error as exc:

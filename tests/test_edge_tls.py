@@ -1,0 +1,201 @@
+"""TLS to the broker: the agent publishes over a verified TLS connection, refuses a broker
+whose certificate an unknown CA signed or that names another host, and never falls back to
+plain TCP. Certificates are made by `openssl` for each run; the broker is a real Mosquitto
+with a TLS listener."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import ServiceFactory
+
+from config.sim import SimConfig
+from fieldlink.localstack import Mosquitto
+from sim.server import SimPlant
+
+SIM = {
+    "kind": "sim",
+    "devices": [{"name": "meter", "registers": [{"address": 0, "type": "uint16", "value": 7}]}],
+}
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(cert),
+        cwd=directory,
+    )
+    return key, cert
+
+
+def make_server_cert(
+    directory: Path, ca: tuple[Path, Path], name: str, san: str
+) -> tuple[Path, Path]:
+    key, csr, cert = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.pem"
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n")
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        cwd=directory,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca[1]),
+        "-CAkey",
+        str(ca[0]),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        "-out",
+        str(cert),
+        cwd=directory,
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("pki")
+    trusted = make_ca(directory, "trusted-ca")
+    unknown = make_ca(directory, "unknown-ca")
+    good_key, good_cert = make_server_cert(
+        directory, trusted, "broker", "IP:127.0.0.1,DNS:localhost"
+    )
+    other_key, other_cert = make_server_cert(directory, trusted, "elsewhere", "DNS:other.example")
+    return {
+        "trusted": trusted[1],
+        "unknown": unknown[1],
+        "good_key": good_key,
+        "good_cert": good_cert,
+        "other_key": other_key,
+        "other_cert": other_cert,
+    }
+
+
+def tls_broker(
+    make_service: ServiceFactory, pki: dict[str, Path], key: str, cert: str
+) -> Mosquitto:
+    # The extra lines apply to the listener localstack declares: it speaks TLS only.
+    extra = f"cafile {pki['trusted']}\ncertfile {pki[cert]}\nkeyfile {pki[key]}\n"
+    return make_service(Mosquitto, extra_config=extra)
+
+
+def agent_file(tmp_path: Path, sim_port: int, broker: Mosquitto, ca: Path) -> Path:
+    doc: dict[str, Any] = {
+        "kind": "edge",
+        "agent": {"id": "gw-tls", "site": "lab"},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"ca_file": str(ca)}},
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "buses": [{"name": "line", "driver": "modbus", "host": "127.0.0.1", "port": sim_port}],
+        "devices": [
+            {
+                "name": "meter",
+                "bus": "line",
+                "points": [{"name": "v", "address": 0, "type": "uint16"}],
+            }
+        ],
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def publish_once(path: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "fieldlink",
+        "edge",
+        "run",
+        str(path),
+        "--once",
+        "--timeout",
+        "6",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def clients_connected(broker: Mosquitto) -> int:
+    return broker.log_path.read_text(errors="replace").count("New client connected")
+
+
+async def test_agent_publishes_over_verified_tls(
+    tmp_path: Path, make_service: ServiceFactory, pki: dict[str, Path]
+) -> None:
+    broker = tls_broker(make_service, pki, "good_key", "good_cert")
+    async with SimPlant(SimConfig.model_validate(SIM)) as plant:
+        path = agent_file(tmp_path, plant.endpoints()["meter"][1], broker, pki["trusted"])
+        code, out, err = await publish_once(path)
+    assert code == 0, err
+    assert "published 1 readings" in out
+    assert clients_connected(broker) >= 1
+
+
+@pytest.mark.parametrize(
+    ("cert", "ca", "why"),
+    [
+        ("good_cert", "unknown", "certificate verify failed"),
+        ("other_cert", "trusted", "certificate verify failed"),  # names other.example only
+    ],
+    ids=["unknown-ca", "hostname-mismatch"],
+)
+async def test_agent_refuses_an_untrusted_broker_and_never_falls_back_to_plain_tcp(
+    tmp_path: Path,
+    make_service: ServiceFactory,
+    pki: dict[str, Path],
+    cert: str,
+    ca: str,
+    why: str,
+) -> None:
+    key = "good_key" if cert == "good_cert" else "other_key"
+    broker = tls_broker(make_service, pki, key, cert)
+    async with SimPlant(SimConfig.model_validate(SIM)) as plant:
+        path = agent_file(tmp_path, plant.endpoints()["meter"][1], broker, pki[ca])
+        code, _, err = await publish_once(path)
+    assert code == 3, err
+    assert "TLS handshake failed" in err
+    assert why in err
+    assert "the readings stay in the spool" in err
+    # The broker never saw an MQTT session from the agent: no plain-TCP fallback happened.
+    assert clients_connected(broker) == 0
