@@ -526,6 +526,8 @@ class SimDevice(StrictModel):
                 raise ValueError(f"@{name}: not for transport {self.transport}: {where}")
         if self.transport == "rtu" and self.bytesize == 7:
             raise ValueError("@bytesize: RTU needs 8 data bits (7 is for ASCII)")
+        if serial and self.unit_id == 0:
+            raise ValueError("@unit_id: 0 is the broadcast address on a serial line; use 1..247")
         for index, fault in enumerate(self.faults):
             if fault.corrupt_crc is not None and self.transport not in CHECKSUM_TRANSPORTS:
                 raise ValueError(

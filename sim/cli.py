@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from config.errors import ConfigError
 from config.sim import SimConfig, load_sim_config
@@ -21,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``sim`` command (with its ``run`` subcommand) to a CLI."""
     sim = subparsers.add_parser(
         "sim",
-        help="simulated Modbus TCP devices",
-        description="Simulated Modbus TCP devices, for tests, demos and benchmarks.",
+        help="simulated Modbus devices (TCP, RTU over TCP, RTU/ASCII on a pseudo-terminal)",
+        description=(
+            "Simulated Modbus devices, for tests, demos and benchmarks: Modbus TCP, RTU over "
+            "TCP, and RTU or ASCII on a pseudo-terminal."
+        ),
     )
     actions = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
     run = actions.add_parser(
@@ -30,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve the devices of a sim config until SIGINT/SIGTERM",
         description=(
             "Serve the devices of a sim config until SIGINT or SIGTERM. Prints one line per "
-            "device with its real port (port 0 in the config picks a free one)."
+            "device with its real port (port 0 in the config picks a free one) or, for a "
+            "serial device, the pseudo-terminal to open."
         ),
     )
     run.add_argument("config", type=Path, metavar="SIM.yaml", help="simulator config (kind: sim)")
@@ -39,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=Path,
         metavar="PATH",
         help=(
-            'write {"device": {"host": ..., "port": ..., "unit_id": ...}} here once every port '
+            'write {"device": {"host": ..., "port": ..., "unit_id": ..., "transport": ...}} '
+            '(serial devices: "serial_port" instead of host and port) here once every port '
             "is bound (atomically: a reader sees the whole file or none); removed on exit"
         ),
     )
@@ -77,24 +83,50 @@ async def serve(config: SimConfig, ports_file: Path | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with SimPlant(config) as plant:
-            endpoints = plant.endpoints()
-            for name, (host, port, unit) in endpoints.items():
-                print(f"sim: {name} unit {unit} on {format_endpoint(host, port)}", flush=True)
+            for line in announce(config, plant):
+                print(line, flush=True)
             if ports_file is not None:
-                write_ports_file(ports_file, endpoints)
+                write_ports_file(ports_file, plant.endpoints(), plant.describe())
             await stop.wait()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
 
 
-def write_ports_file(path: Path, endpoints: dict[str, tuple[str, int, int]]) -> None:
+def announce(config: SimConfig, plant: SimPlant) -> list[str]:
+    """One line per device, in config order: where it is served."""
+    tcp, serial = plant.endpoints(), plant.serial_endpoints()
+    lines = []
+    for device in config.devices:
+        if device.name in tcp:
+            host, port, unit = tcp[device.name]
+            where = format_endpoint(host, port)
+            if device.transport != "tcp":
+                where += f" ({device.transport})"
+        else:
+            end = serial[device.name]
+            unit = end.unit_id
+            settings = f"{device.baudrate} {device.data_bits}{device.parity}{device.stopbits}"
+            link = f", link {end.link}" if end.link else ""
+            where = f"{end.path} ({device.transport} {settings}{link})"
+        lines.append(f"sim: {device.name} unit {unit} on {where}")
+    return lines
+
+
+def write_ports_file(
+    path: Path,
+    endpoints: dict[str, tuple[str, int, int]],
+    described: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Write the endpoints as JSON via a temporary file and a rename, so that a process
-    polling for the file never reads it half-written."""
-    doc = {
-        name: {"host": host, "port": port, "unit_id": unit}
-        for name, (host, port, unit) in endpoints.items()
-    }
+    polling for the file never reads it half-written. ``described`` (from
+    :meth:`SimPlant.describe`) replaces ``endpoints`` when given and covers serial devices."""
+    doc = described
+    if doc is None:
+        doc = {
+            name: {"host": host, "port": port, "unit_id": unit}
+            for name, (host, port, unit) in endpoints.items()
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

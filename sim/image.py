@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from config.sim import INTEGER_TYPES, ConstantWave, CounterWave, SimDevice, SimRegister
-from drivers.modbus.codec import RegisterType, WordOrder, encode
+from drivers.modbus.codec import RegisterType, WordOrder, encode, pack_bits
 from sim.waves import ValueAt, value_function
 
 Clock = Callable[[], float]
@@ -216,16 +216,86 @@ class Table:
         return segments
 
 
+BitValue = Callable[[float], bool]
+
+
+def bit_function(reg: SimRegister) -> bool | BitValue:
+    """A bool register's constant, or its value as a function of time: a waveform is read
+    as ``value > 0`` (a sine around 0 is a square wave), a counter as its lowest bit (it
+    toggles every interval, like a pulse input)."""
+    value = reg.value
+    constant = value.value if isinstance(value, ConstantWave) else value
+    at = value_function(value)  # type: ignore[arg-type]  # text excluded by validation
+    if at is None:
+        return bool(constant)
+    if isinstance(value, CounterWave):
+        return lambda t: bool(int(at(t)) & 1)
+    return lambda t: at(t) > 0
+
+
+class BitTable:
+    """The coils or the discrete inputs of one device: one bool per address."""
+
+    __slots__ = ("_bits", "_clock")
+
+    def __init__(self, registers: list[SimRegister], clock: Clock) -> None:
+        self._bits: dict[int, bool | BitValue] = {r.address: bit_function(r) for r in registers}
+        self._clock = clock
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+    def read(self, address: int, count: int) -> bytes | None:
+        """The bits packed as the protocol sends them; None if any address is undefined."""
+        bits = self._bits
+        t: float | None = None
+        out: list[bool] = []
+        for addr in range(address, address + count):
+            bit = bits.get(addr)
+            if bit is None:
+                return None
+            if not isinstance(bit, bool):
+                if t is None:
+                    t = self._clock()
+                bit = bit(t)
+            out.append(bit)
+        return pack_bits(out)
+
+    def write(self, address: int, values: list[bool]) -> bool:
+        """Set coils from ``address``; False (nothing written) if any is undefined. A written
+        coil holds its value from then on, even if it followed a waveform."""
+        if any(a not in self._bits for a in range(address, address + len(values))):
+            return False
+        for offset, value in enumerate(values):
+            self._bits[address + offset] = bool(value)
+        return True
+
+
 class RegisterImage:
     """All registers of one device; implements :class:`sim.pdu.RegisterSpace`."""
 
-    __slots__ = ("holding", "input")
+    __slots__ = ("coils", "discrete", "holding", "input")
 
     def __init__(self, device: SimDevice, clock: Clock) -> None:
         holding = [build_slot(r) for r in device.registers if r.table == "holding"]
         inputs = [build_slot(r) for r in device.registers if r.table == "input"]
         self.holding = Table(holding, clock)
         self.input = Table(inputs, clock)
+        self.coils = BitTable([r for r in device.registers if r.table == "coil"], clock)
+        self.discrete = BitTable([r for r in device.registers if r.table == "discrete"], clock)
+
+    def read_coils(self, address: int, count: int) -> bytes | None:
+        return self.coils.read(address, count)
+
+    def read_discrete(self, address: int, count: int) -> bytes | None:
+        return self.discrete.read(address, count)
+
+    def write_coils(self, address: int, bits: list[bool]) -> bool:
+        return self.coils.write(address, bits)
+
+    def has_table(self, table: str) -> bool:
+        bits = self.coils if table == "coil" else self.discrete
+        return bool(bits)
 
     def read_holding(self, address: int, count: int) -> bytes | None:
         return self.holding.read(address, count)

@@ -1,4 +1,4 @@
-"""Modbus PDU handling, independent of the framing (TCP here; RTU reuses it later).
+"""Modbus PDU handling, independent of the framing (MBAP in tcp.py, RTU and ASCII in line.py).
 
 A PDU is the function code and its data, without MBAP header, unit id or CRC. The
 handler maps one request PDU to one response PDU; it never fails, every bad request gets
@@ -12,9 +12,15 @@ from __future__ import annotations
 import struct
 from typing import Final, Protocol
 
+from drivers.modbus.codec import unpack_bits
+
+READ_COILS: Final = 0x01
+READ_DISCRETE_INPUTS: Final = 0x02
 READ_HOLDING_REGISTERS: Final = 0x03
 READ_INPUT_REGISTERS: Final = 0x04
+WRITE_SINGLE_COIL: Final = 0x05
 WRITE_SINGLE_REGISTER: Final = 0x06
+WRITE_MULTIPLE_COILS: Final = 0x0F
 WRITE_MULTIPLE_REGISTERS: Final = 0x10
 
 ILLEGAL_FUNCTION: Final = 0x01
@@ -25,6 +31,10 @@ ILLEGAL_DATA_VALUE: Final = 0x03
 MAX_READ: Final = 125
 #: Most registers one FC16 write may carry (spec: 0x7B).
 MAX_WRITE: Final = 123
+#: Most coils or discrete inputs one read may ask for (spec: 0x7D0), and one FC15 write
+#: may carry (spec: 0x7B0).
+MAX_READ_BITS: Final = 2000
+MAX_WRITE_BITS: Final = 1968
 
 _ADDR_COUNT = struct.Struct(">HH")
 _ADDR_COUNT_BYTES = struct.Struct(">HHB")
@@ -38,7 +48,8 @@ _READ_HEADS: Final[dict[int, list[bytes]]] = {
 
 
 class RegisterSpace(Protocol):
-    """The registers of one unit. Data is big-endian, two bytes per register.
+    """The registers of one unit. Data is big-endian, two bytes per register; bits are packed
+    as the protocol sends them (eight per byte, first bit least significant).
 
     A read or write touching any undefined address must return None / False and change
     nothing; the handler turns that into exception 2 (illegal data address).
@@ -49,6 +60,43 @@ class RegisterSpace(Protocol):
     def read_input(self, address: int, count: int) -> bytes | None: ...
 
     def write_holding(self, address: int, data: bytes) -> bool: ...
+
+    def read_coils(self, address: int, count: int) -> bytes | None: ...
+
+    def read_discrete(self, address: int, count: int) -> bytes | None: ...
+
+    def write_coils(self, address: int, bits: list[bool]) -> bool: ...
+
+    def has_table(self, table: str) -> bool:
+        """Whether the unit has any ``coil`` / ``discrete`` at all: a device without them
+        answers their function codes with exception 1 (illegal function)."""
+        ...
+
+
+#: The table each function code reads or writes (for fault matching and statistics).
+TABLE_OF: Final = {
+    READ_COILS: "coil",
+    READ_DISCRETE_INPUTS: "discrete",
+    READ_HOLDING_REGISTERS: "holding",
+    READ_INPUT_REGISTERS: "input",
+    WRITE_SINGLE_COIL: "coil",
+    WRITE_SINGLE_REGISTER: "holding",
+    WRITE_MULTIPLE_COILS: "coil",
+    WRITE_MULTIPLE_REGISTERS: "holding",
+}
+
+
+def request_span(pdu: bytes) -> tuple[str, int, int] | None:
+    """(table, first address, count) a request touches, or None if it names no range."""
+    if len(pdu) < 5:
+        return None
+    table = TABLE_OF.get(pdu[0])
+    if table is None:
+        return None
+    address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+    if pdu[0] in (WRITE_SINGLE_COIL, WRITE_SINGLE_REGISTER):
+        count = 1
+    return table, address, count
 
 
 def exception_response(function: int, code: int) -> bytes:
@@ -75,6 +123,41 @@ def handle_pdu(space: RegisterSpace, pdu: bytes) -> bytes:
         if data is None:
             return exception_response(function, ILLEGAL_DATA_ADDRESS)
         return _READ_HEADS[function][count] + data
+    if function in (READ_COILS, READ_DISCRETE_INPUTS):
+        if not space.has_table("coil" if function == READ_COILS else "discrete"):
+            return exception_response(function, ILLEGAL_FUNCTION)
+        if len(pdu) != 5:
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        address, count = _ADDR_COUNT.unpack_from(pdu, 1)
+        if not 1 <= count <= MAX_READ_BITS:
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        if function == READ_COILS:
+            data = space.read_coils(address, count)
+        else:
+            data = space.read_discrete(address, count)
+        if data is None:
+            return exception_response(function, ILLEGAL_DATA_ADDRESS)
+        return bytes((function, len(data))) + data
+    if function in (WRITE_SINGLE_COIL, WRITE_MULTIPLE_COILS) and not space.has_table("coil"):
+        return exception_response(function, ILLEGAL_FUNCTION)
+    if function == WRITE_SINGLE_COIL:
+        if len(pdu) != 5:
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        address, value = _ADDR_COUNT.unpack_from(pdu, 1)
+        if value not in (0xFF00, 0x0000):
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        if not space.write_coils(address, [value == 0xFF00]):
+            return exception_response(function, ILLEGAL_DATA_ADDRESS)
+        return pdu  # the answer echoes the request
+    if function == WRITE_MULTIPLE_COILS:
+        if len(pdu) < 6:
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        address, count, size = _ADDR_COUNT_BYTES.unpack_from(pdu, 1)
+        if not 1 <= count <= MAX_WRITE_BITS or size != (count + 7) // 8 or len(pdu) != 6 + size:
+            return exception_response(function, ILLEGAL_DATA_VALUE)
+        if address + count > 0x10000 or not space.write_coils(address, unpack_bits(pdu[6:], count)):
+            return exception_response(function, ILLEGAL_DATA_ADDRESS)
+        return pdu[:5]  # function, address, count
     if function == WRITE_SINGLE_REGISTER:
         if len(pdu) != 5:
             return exception_response(function, ILLEGAL_DATA_VALUE)

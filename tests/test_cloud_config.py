@@ -25,7 +25,7 @@ def test_unknown_field_names_the_close_match(tmp_path: Path) -> None:
     assert problems(tmp_path, text) == (
         "1 problem\n"
         "  mqtt.prot: unknown field; did you mean 'port'? allowed here: host, port, username, "
-        "password, keepalive, topic_root, client_id, session_expiry, receive_maximum"
+        "password, keepalive, topic_root, tls, client_id, group, session_expiry, receive_maximum"
     )
 
 

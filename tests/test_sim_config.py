@@ -166,7 +166,11 @@ WAVE_HINT = (
     ("register", "message"),
     [
         ({"type": "int16", "value": {"wave": "square"}}, f"value: {WAVE_HINT}"),
-        ({"type": "int16", "value": True}, f"value: {WAVE_HINT} (got True)"),
+        (
+            {"type": "int16", "value": True},
+            "value: true/false is for bool registers (table coil or discrete); an int16 "
+            "register needs a number (got True)",
+        ),
         ({"type": "int16", "value": "12"}, "value: an int16 register needs a number, not text"),
         ({"type": "uint16", "value": "12"}, "value: a uint16 register needs a number, not text"),
         (
@@ -228,7 +232,7 @@ WAVE_HINT = (
         (
             {"type": "int24", "value": 1},
             "type: Input should be 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', "
-            "'float32', 'float64' or 'string' (got 'int24')",
+            "'float32', 'float64', 'string' or 'bool' (got 'int24')",
         ),
         (
             {"type": "int16", "order": "ABDC", "value": 1},

@@ -12,6 +12,11 @@ installers know them from datasheets:
 
 For values wider than 32 bits the same rule holds per pair of bytes / per word.
 One module does both directions so the simulator and the agent can never disagree.
+
+Bits have their own helpers: ``bool`` is one coil or discrete input (FC1/FC2/FC5/FC15, packed
+eight to a byte, least significant bit first, as the protocol sends them), and
+:func:`register_bit` reads bit *n* (0 = least significant) of a register as a device with the
+given byte order stores it.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class RegisterType(enum.StrEnum):
     FLOAT32 = "float32"
     FLOAT64 = "float64"
     STRING = "string"
+    #: One coil or discrete input (not a register type: a point of table coil/discrete).
+    BOOL = "bool"
 
 
 class WordOrder(enum.StrEnum):
@@ -65,7 +72,10 @@ class CodecError(ValueError):
 
 
 def register_count(kind: RegisterType, length: int | None = None) -> int:
-    """How many 16-bit registers a value of ``kind`` occupies (``length`` for strings)."""
+    """How many 16-bit registers a value of ``kind`` occupies (``length`` for strings); a
+    ``bool`` occupies one coil or discrete input."""
+    if kind is RegisterType.BOOL:
+        return 1
     if kind is RegisterType.STRING:
         if length is None or length < 1:
             raise CodecError("a string needs a length of at least one register")
@@ -73,7 +83,15 @@ def register_count(kind: RegisterType, length: int | None = None) -> int:
     return struct.calcsize(_STRUCT[kind]) // 2
 
 
-def decode(kind: RegisterType, order: WordOrder, registers: Sequence[int]) -> int | float | str:
+def decode(
+    kind: RegisterType, order: WordOrder, registers: Sequence[int]
+) -> int | float | str | bool:
+    if kind is RegisterType.BOOL:
+        # A bool travels as a bit, not a register; as a "register" it is 0 or 1 (FC5 sends
+        # 0xFF00 for on, see coil_word).
+        if len(registers) != 1:
+            raise CodecError(f"bool needs 1 value, got {len(registers)}")
+        return bool(registers[0])
     raw = _to_bytes(order, registers)
     if kind is RegisterType.STRING:
         # Devices pad fixed-width strings with NULs or spaces; neither is part of the value.
@@ -88,8 +106,17 @@ def decode(kind: RegisterType, order: WordOrder, registers: Sequence[int]) -> in
 
 
 def encode(
-    kind: RegisterType, order: WordOrder, value: int | float | str, length: int | None = None
+    kind: RegisterType,
+    order: WordOrder,
+    value: int | float | str | bool,
+    length: int | None = None,
 ) -> list[int]:
+    if kind is RegisterType.BOOL:
+        if not isinstance(value, bool | int) or value not in (0, 1):
+            raise CodecError(f"a bool needs true or false, got {value!r}")
+        return [int(value)]
+    if isinstance(value, bool):
+        raise CodecError(f"{kind.value} needs a number, not {value}")
     if kind is RegisterType.STRING:
         if not isinstance(value, str):
             raise CodecError(f"a string point needs text, got {value!r}")
@@ -102,7 +129,7 @@ def encode(
         fmt = _STRUCT[kind]
         try:
             raw = struct.pack(fmt, value)
-        except struct.error as exc:
+        except (struct.error, OverflowError) as exc:
             raise CodecError(f"{value!r} does not fit {kind.value}: {exc}") from exc
     return _from_bytes(order, raw)
 
@@ -125,3 +152,43 @@ def _swap_pairs(raw: bytes) -> bytes:
     swapped[0::2] = raw[1::2]
     swapped[1::2] = raw[0::2]
     return bytes(swapped)
+
+
+def pack_bits(bits: Sequence[bool | int]) -> bytes:
+    """Coils or discrete inputs as the protocol sends them: eight per byte, the first bit in
+    the least significant position of the first byte, the last byte padded with zeros."""
+    out = bytearray((len(bits) + 7) // 8)
+    for i, bit in enumerate(bits):
+        if bit:
+            out[i >> 3] |= 1 << (i & 7)
+    return bytes(out)
+
+
+def unpack_bits(data: bytes, count: int) -> list[bool]:
+    """The first ``count`` bits of ``data`` packed as by :func:`pack_bits`."""
+    if count > len(data) * 8:
+        raise CodecError(f"{count} bits asked, {len(data) * 8} present")
+    return [bool(data[i >> 3] >> (i & 7) & 1) for i in range(count)]
+
+
+def register_bit(word: int, bit: int, order: WordOrder = WordOrder.ABCD) -> bool:
+    """Bit ``bit`` (0 = least significant) of a 16-bit register as read off the wire; with a
+    byte-swapping order (BADC, DCBA) the register's bytes are swapped first."""
+    return bool(word >> bit_position(bit, order) & 1)
+
+
+def bit_position(bit: int, order: WordOrder = WordOrder.ABCD) -> int:
+    """Where bit ``bit`` of the value sits in the register as it travels: swapping the two
+    bytes of a register moves bit n to bit n ^ 8."""
+    if not 0 <= bit <= 15:
+        raise CodecError(f"a register has bits 0..15, not {bit}")
+    return bit ^ 8 if order.swaps_bytes else bit
+
+
+#: FC5 (write single coil) value words: on and off; any other word is refused by devices.
+COIL_ON = 0xFF00
+COIL_OFF = 0x0000
+
+
+def coil_word(value: bool) -> int:
+    return COIL_ON if value else COIL_OFF

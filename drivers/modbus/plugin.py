@@ -14,10 +14,10 @@ class ModbusPlugin:
 
     def open_bus(self, bus: BusBase) -> BusLink:
         # Imported here so that validating a config does not need pymodbus installed.
-        from drivers.modbus.link import ModbusTcpLink
+        from drivers.modbus.link import ModbusLink
 
         assert isinstance(bus, ModbusBus)
-        return ModbusTcpLink(bus)
+        return ModbusLink(bus)
 
     def compile_device(self, device: DeviceBase) -> DeviceProgram:
         from drivers.modbus.program import ModbusProgram

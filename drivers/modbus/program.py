@@ -9,7 +9,9 @@ depend on the answer is worked out once at start. For each request:
 * per point, a small tuple of what to do with the raw number (scale, offset, rounding,
   finiteness check) and the unit, so the loop touches no config objects.
 
-Strings are rare and decoded separately through the general codec.
+Strings are rare and decoded separately through the general codec. Bit points of a register
+(``bit: n``) are a mask test on the answer's word each. A coil/discrete read arrives as one
+list of bools (unpacked once per request by the link); each point is an index into it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import struct
 from collections.abc import Sequence
 
 from drivers.errors import DeviceException, DriverError
-from drivers.modbus.codec import CodecError, RegisterType, WordOrder, decode
+from drivers.modbus.codec import CodecError, RegisterType, WordOrder, bit_position, decode
 from drivers.modbus.config import ModbusDevice, ModbusPoint
 from drivers.modbus.planner import ReadRequest, plan_requests
 from wire.model import Group, PointEntry, Quality, Value, point_entry
@@ -46,22 +48,36 @@ _FLOATS = (RegisterType.FLOAT32, RegisterType.FLOAT64)
 _Spec = tuple[str, str | None, float | None, float | None, float, int | None, bool]
 
 
+#: A bit point of a register: (name, unit, index of the register in the answer, mask).
+_BitSpec = tuple[str, str | None, int, int]
+
+
 class _RequestPlan:
-    __slots__ = ("fast", "permutation", "specs", "strings", "words")
+    __slots__ = ("bits", "fast", "permutation", "specs", "strings", "words")
 
     def __init__(self, request: ReadRequest, device: ModbusDevice) -> None:
         self.words = struct.Struct(f">{request.count}H")
         numeric = sorted(
-            (p for p in request.points if p.type is not RegisterType.STRING),
-            key=lambda p: p.address,
+            (p for p in request.points if p.type is not RegisterType.STRING and p.bit is None),
+            key=lambda p: p.protocol_address,
         )
         self.strings = [p for p in request.points if p.type is RegisterType.STRING]
+        self.bits: list[_BitSpec] = [
+            (
+                p.name,
+                p.unit,
+                p.protocol_address - request.address,
+                1 << bit_position(p.bit, p.order or device.byte_order),
+            )
+            for p in request.points
+            if p.bit is not None
+        ]
         self.permutation = _permutation(request, numeric, device)
         fmt = [">"]
         position = 0
         specs: list[_Spec] = []
         for point in numeric:
-            start = (point.address - request.address) * 2
+            start = (point.protocol_address - request.address) * 2
             if start < position:
                 raise _Overlap(point.name)
             if start > position:
@@ -73,9 +89,20 @@ class _RequestPlan:
         self.specs = specs
 
 
+class _BitPlan:
+    """A coil/discrete read: (index in the answer, name, unit) per point."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, request: ReadRequest) -> None:
+        self.entries = [
+            (p.protocol_address - request.address, p.name, p.unit) for p in request.points
+        ]
+
+
 def _request_for(original: ReadRequest, points: list[ModbusPoint]) -> ReadRequest:
-    start = min(p.address for p in points)
-    end = max(p.address + p.count for p in points)
+    start = min(p.protocol_address for p in points)
+    end = max(p.protocol_address + p.count for p in points)
     return ReadRequest(original.unit_id, original.table, start, end - start, tuple(points))
 
 
@@ -95,7 +122,7 @@ def _permutation(
         if order is WordOrder.ABCD:
             continue
         changed = True
-        first = point.address - request.address
+        first = point.protocol_address - request.address
         indices = list(range(first, first + point.count))
         sources = list(reversed(indices)) if order.swaps_words else indices
         for target, source in zip(indices, sources, strict=True):
@@ -133,7 +160,7 @@ class ModbusProgram:
         self._requests: list[ReadRequest] = plan_requests(device)
         # id(request) → (request, plan). The request is kept with its plan so that a new
         # request can never pick up the plan of a dead one whose id was reused.
-        self._plans: dict[int, tuple[ReadRequest, _RequestPlan | None]] = {}
+        self._plans: dict[int, tuple[ReadRequest, _RequestPlan | _BitPlan | None]] = {}
 
     @property
     def requests(self) -> Sequence[ReadRequest]:
@@ -143,7 +170,7 @@ class ModbusProgram:
         """Smaller requests to run instead of a refused one, now and in later cycles."""
         if not (isinstance(error, DeviceException) and error.code == 2 and len(request.points) > 1):
             return None
-        points = sorted(request.points, key=lambda p: p.address)
+        points = sorted(request.points, key=lambda p: p.protocol_address)
         halves = [
             _request_for(request, points[: len(points) // 2]),
             _request_for(request, points[len(points) // 2 :]),
@@ -163,24 +190,32 @@ class ModbusProgram:
         )
         return halves
 
-    def _plan_of(self, request: ReadRequest) -> _RequestPlan | None:
+    def _plan_of(self, request: ReadRequest) -> _RequestPlan | _BitPlan | None:
         known = self._plans.get(id(request))
         if known is not None and known[0] is request:
             return known[1]
-        try:
-            plan: _RequestPlan | None = _RequestPlan(request, self._config)
-        except _Overlap:
-            plan = None  # points share registers: decoded one by one
+        plan: _RequestPlan | _BitPlan | None
+        if request.is_bits:
+            plan = _BitPlan(request)
+        else:
+            try:
+                plan = _RequestPlan(request, self._config)
+            except _Overlap:
+                plan = None  # points share registers: decoded one by one
         self._plans[id(request)] = (request, plan)
         return plan
 
     def decode(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> Group:
+        """Readings from a read's answer: register words, or bools for a coil/discrete read."""
         if len(answer) != request.count:
-            reason = f"frame error: {len(answer)} registers in answer, {request.count} asked"
+            what = "bits" if request.is_bits else "registers"
+            reason = f"frame error: {len(answer)} {what} in answer, {request.count} asked"
             return self.fail(request, reason, ts_ns)
         plan = self._plan_of(request)
         if plan is None:
             return self._decode_each(request, answer, ts_ns)
+        if isinstance(plan, _BitPlan):
+            return self._decode_bits(plan, answer, ts_ns)
         words = answer
         if plan.permutation is not None:
             words = [
@@ -212,6 +247,20 @@ class ModbusProgram:
                 append({"p": name, "v": value, "u": unit})
         for point in plan.strings:
             append(self._one(point, request, answer))
+        for name, unit, index, mask in plan.bits:  # usually none
+            if unit is None:
+                append({"p": name, "v": answer[index] & mask != 0})
+            else:
+                append({"p": name, "v": answer[index] & mask != 0, "u": unit})
+        return Group(self._asset, self._device, ts_ns, entries)
+
+    def _decode_bits(self, plan: _BitPlan, answer: Sequence[int], ts_ns: int) -> Group:
+        entries = [
+            {"p": name, "v": bool(answer[i])}
+            if unit is None
+            else {"p": name, "v": bool(answer[i]), "u": unit}
+            for i, name, unit in plan.entries
+        ]
         return Group(self._asset, self._device, ts_ns, entries)
 
     def _decode_each(self, request: ReadRequest, answer: Sequence[int], ts_ns: int) -> Group:
@@ -220,12 +269,17 @@ class ModbusProgram:
 
     def _one(self, point: ModbusPoint, request: ReadRequest, answer: Sequence[int]) -> PointEntry:
         """The general, slower path: one point through the codec."""
-        start = point.address - request.address
+        start = point.protocol_address - request.address
         order = point.order or self._byte_order
+        if point.bit is not None:
+            mask = 1 << bit_position(point.bit, order)
+            return point_entry(point.name, answer[start] & mask != 0, point.unit)
         try:
             value: Value = decode(point.type, order, answer[start : start + point.count])
         except (CodecError, UnicodeDecodeError) as exc:
             return _bad(point, f"decode error: {exc}")
+        if point.type is RegisterType.BOOL:
+            return point_entry(point.name, value, point.unit)
         if point.type is not RegisterType.STRING:
             _name, _unit, divisor, scale, offset, digits, check = _spec(point)
             if divisor is not None:
@@ -253,7 +307,7 @@ def _decimals(point: ModbusPoint) -> int | None:
     → 1). A scale with no short decimal form (``1/3``) keeps the value unrounded, as does a
     float register: its own digits are measurement, not representation noise.
     """
-    if point.type in _FLOATS or point.type is RegisterType.STRING:
+    if point.type in _FLOATS or point.type in (RegisterType.STRING, RegisterType.BOOL):
         return None
     places = []
     for number in (point.scale, point.offset):

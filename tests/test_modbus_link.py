@@ -1,0 +1,269 @@
+"""The link of every transport: bus config validation, writes (FC5, FC6, FC15, FC16) read back
+from the simulator, broadcasts, and cancellation of a request in flight, which must raise
+CancelledError and leave the link closed and reopenable, on a serial port too."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from config.edge import validate_edge
+from config.errors import ConfigError
+from config.sim import SimConfig
+from drivers.errors import ConnectError, DeviceException
+from drivers.modbus.config import ModbusBus, ModbusDevice
+from drivers.modbus.link import ModbusLink
+from drivers.modbus.planner import WriteRequest, plan_coil_writes, plan_write
+from drivers.modbus.program import ModbusProgram
+from sim.server import SimPlant
+
+SERIAL = {"parity": "N"}  # a pseudo-terminal takes no parity (see test_sim_rtu.py)
+TRANSPORTS = ["tcp", "rtu-over-tcp", "rtu", "ascii"]
+
+
+def bus_problems(**bus: Any) -> list[str]:
+    doc = {
+        "kind": "edge",
+        "agent": {"id": "gw", "site": "lab"},
+        "buses": [{"name": "line", "driver": "modbus", **bus}],
+        "devices": [
+            {"name": "d", "bus": "line", "points": [{"name": "p", "address": 0, "type": "uint16"}]}
+        ],
+    }
+    try:
+        validate_edge(doc, "t", env={})
+    except ConfigError as exc:
+        return [f"{p.path}: {p.message}" for p in exc.problems]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("bus", "problems"),
+    [
+        ({"host": "10.0.0.5"}, []),
+        ({"transport": "rtu-over-tcp", "host": "10.0.0.5", "port": 4001}, []),
+        ({"transport": "rtu", "serial_port": "/dev/ttyUSB0", "baudrate": 9600}, []),
+        ({"transport": "ascii", "serial_port": "/dev/ttyS1", "bytesize": 7, "parity": "E"}, []),
+        (
+            {},
+            [
+                "buses[0].host: transport tcp needs the host name or address of the device or "
+                "gateway"
+            ],
+        ),
+        (
+            {"transport": "rtu"},
+            [
+                "buses[0].serial_port: transport rtu needs the serial device, e.g. "
+                "serial_port: /dev/ttyUSB0"
+            ],
+        ),
+        (
+            {"transport": "rtu", "serial_port": "/dev/ttyUSB0", "host": "10.0.0.5"},
+            [
+                "buses[0].host: a rtu bus is a serial line and has no host; the device goes in "
+                "`serial_port` (for a TCP serial server use transport rtu-over-tcp)"
+            ],
+        ),
+        (
+            {"transport": "rtu", "serial_port": "/dev/ttyUSB0", "port": 502},
+            [
+                "buses[0].port: a rtu bus is a serial line and has no port; the device goes in "
+                "`serial_port` (for a TCP serial server use transport rtu-over-tcp)"
+            ],
+        ),
+        (
+            {"host": "10.0.0.5", "baudrate": 9600},
+            [
+                "buses[0].baudrate: only serial buses (transport rtu or ascii) have a baudrate; "
+                "this bus is tcp"
+            ],
+        ),
+        (
+            {"transport": "rtu", "serial_port": "/dev/ttyUSB0", "bytesize": 7},
+            ["buses[0].bytesize: RTU needs 8 data bits (7 is for ASCII)"],
+        ),
+        (
+            {"transport": "rtu", "serial_port": "/dev/ttyUSB0", "parity": "X"},
+            ["buses[0].parity: Input should be 'N', 'E' or 'O' (got 'X')"],
+        ),
+        (
+            {"transport": "serial", "serial_port": "/dev/ttyUSB0"},
+            [
+                "buses[0].transport: Input should be 'tcp', 'rtu-over-tcp', 'rtu' or 'ascii' "
+                "(got 'serial')"
+            ],
+        ),
+    ],
+)
+def test_bus_fields_fit_the_transport(bus: dict[str, Any], problems: list[str]) -> None:
+    assert bus_problems(**bus) == problems
+
+
+def test_serial_timing_follows_the_line_settings() -> None:
+    bus = ModbusBus.model_validate(
+        {
+            "name": "b",
+            "driver": "modbus",
+            "transport": "rtu",
+            "serial_port": "/dev/x",
+            "baudrate": 9600,
+        }
+    )
+    assert bus.parity == "E" and bus.data_bits == 8  # the Modbus serial-line defaults
+    assert bus.char_time == pytest.approx(11 / 9600)  # start, 8 data, parity, stop
+    assert bus.frame_gap == pytest.approx(3.5 * 11 / 9600)
+    assert ModbusLink(bus).description == "modbus rtu /dev/x 9600 8E1"
+    ascii_bus = bus.model_copy(update={"transport": "ascii", "bytesize": None})
+    assert ascii_bus.data_bits == 7 and ascii_bus.frame_gap == 0.0
+    tcp = ModbusBus.model_validate({"name": "b", "driver": "modbus", "host": "::1"})
+    assert ModbusLink(tcp).description == "modbus tcp [::1]:502"
+
+
+# -- a plant and a link of each transport ---------------------------------------------------
+
+REGISTERS = [
+    {"address": 10, "type": "int16", "scale": 0.1, "value": 0},
+    {"address": 11, "type": "float32", "order": "CDAB", "value": 0},
+    {"address": 13, "type": "string", "length": 2, "value": ""},
+    *({"table": "coil", "address": a, "type": "bool", "value": False} for a in range(16)),
+    {"table": "discrete", "address": 0, "type": "bool", "value": True},
+]
+POINTS = [
+    {"name": "setpoint", "address": 10, "type": "int16", "scale": 0.1},
+    {"name": "limit", "address": 11, "type": "float32", "order": "CDAB"},
+    {"name": "label", "address": 13, "type": "string", "length": 2},
+    *({"name": f"c{a}", "table": "coil", "address": a, "type": "bool"} for a in range(16)),
+    {"name": "door", "table": "discrete", "address": 0, "type": "bool"},
+]
+
+
+def sim_device(name: str, unit: int, transport: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"gateway": "line"}
+    if transport in ("rtu", "ascii"):
+        extra.update(SERIAL)
+    if transport == "ascii":
+        extra["bytesize"] = 8
+    return {"name": name, "unit_id": unit, "transport": transport, "registers": REGISTERS, **extra}
+
+
+@asynccontextmanager
+async def linked(
+    transport: str, answer_timeout: float = 0.5
+) -> AsyncIterator[tuple[SimPlant, ModbusLink]]:
+    config = SimConfig.model_validate(
+        {"kind": "sim", "devices": [sim_device("a", 1, transport), sim_device("b", 2, transport)]}
+    )
+    async with SimPlant(config) as plant:
+        bus: dict[str, Any] = {
+            "name": "b",
+            "driver": "modbus",
+            "transport": transport,
+            "timeout": answer_timeout,
+        }
+        if transport in ("rtu", "ascii"):
+            bus.update(serial_port=plant.serial_endpoints()["a"].path, **SERIAL)
+            if transport == "ascii":
+                bus["bytesize"] = 8
+        else:
+            host, port, _ = plant.endpoints()["a"]
+            bus.update(host=host, port=port)
+        link = ModbusLink(ModbusBus.model_validate(bus))
+        await link.connect()
+        try:
+            yield plant, link
+        finally:
+            await link.close()
+
+
+def device(unit: int = 1) -> ModbusDevice:
+    return ModbusDevice.model_validate({"name": "d", "bus": "b", "unit_id": unit, "points": POINTS})
+
+
+async def read_back(link: ModbusLink, dev: ModbusDevice) -> dict[str, Any]:
+    program = ModbusProgram(dev)
+    out: dict[str, Any] = {}
+    for request in program.requests:
+        answer = await link.execute(request)
+        out.update(
+            {e["p"]: e.get("v", e.get("r")) for e in program.decode(request, answer, 0).points}
+        )
+    return out
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_writes_of_every_function_read_back(transport: str) -> None:
+    dev = device()
+    point = {p.name: p for p in dev.points}
+    async with linked(transport) as (_plant, link):
+        writes = [
+            plan_write(dev, point["setpoint"], -12.3),  # FC6
+            plan_write(dev, point["limit"], 49.5),  # FC16, words swapped
+            plan_write(dev, point["label"], "OK"),  # FC16
+            plan_write(dev, point["c3"], True),  # FC5
+            *plan_coil_writes(dev, 8, [True, False, True, True]),  # FC15
+        ]
+        assert [w.function_code for w in writes] == [6, 16, 16, 5, 15]
+        for write in writes:
+            await link.write(write)
+        got = await read_back(link, dev)
+        other = await read_back(link, device(unit=2))
+        # A write to a read-only table or an address the device lacks is refused by it.
+        with pytest.raises(DeviceException, match="exception 2") as refused:
+            await link.write(WriteRequest(1, "coil", 100, (True,), single=True))
+        assert refused.value.reason == "exception 2 (illegal data address)"
+    assert got["setpoint"] == -12.3 and got["limit"] == 49.5 and got["label"] == "OK"
+    coils = [got[f"c{a}"] for a in range(16)]
+    assert coils == [a in (3, 8, 10, 11) for a in range(16)]
+    assert got["door"] is True
+    assert other["setpoint"] == 0 and not any(other[f"c{a}"] for a in range(16))  # unit 2 untouched
+
+
+@pytest.mark.parametrize("transport", ["rtu", "ascii"])
+async def test_broadcast_write_reaches_every_unit_without_an_answer(transport: str) -> None:
+    async with linked(transport) as (plant, link):
+        write = plan_write(device(unit=0), device(unit=0).points[0], 7.5)
+        assert write.unit_id == 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await link.write(write)  # returns without waiting for an answer that never comes
+        assert loop.time() - started < 0.2
+        first, second = await read_back(link, device(1)), await read_back(link, device(2))
+        assert plant.bus_stats("a").broadcasts == 1
+    assert first["setpoint"] == second["setpoint"] == 7.5
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cancelling_a_read_in_flight_raises_cancelled_error(transport: str) -> None:
+    async with linked(transport, answer_timeout=30.0) as (_plant, link):
+        silent = ModbusDevice.model_validate(
+            {"name": "x", "bus": "b", "unit_id": 9, "points": POINTS[:1]}  # nobody is unit 9
+        )
+        request = ModbusProgram(silent).requests[0]
+        task = asyncio.create_task(link.execute(request))
+        await asyncio.sleep(0.05)  # the request is out, the link waits for the answer
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Abandoned mid-transaction: the link is closed, never half-way...
+        assert not link.connected
+        with pytest.raises(ConnectError, match="not connected"):
+            await link.execute(request)
+        # ...and opens again (a serial port is not left locked).
+        await link.connect()
+        assert (await read_back(link, device()))["door"] is True
+
+
+async def test_cancelled_write_too() -> None:
+    async with linked("rtu", answer_timeout=30.0) as (_plant, link):
+        task = asyncio.create_task(link.write(WriteRequest(9, "holding", 10, (1,), single=True)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not link.connected
