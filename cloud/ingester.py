@@ -62,8 +62,8 @@ class _Batch:
     lines: list[str] = field(default_factory=list)
     #: monotonic time by which the lines must be written (first line + batch.max_delay).
     deadline: float | None = None
-    #: (site, agent) → sequence numbers to confirm to that agent once the batch is written.
-    confirm: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    #: (site, agent, epoch) → sequence numbers to confirm once the batch is written.
+    confirm: dict[tuple[str, str, str | None], list[int]] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.messages.clear()
@@ -222,19 +222,20 @@ class Ingester:
         except InvalidMessageError as exc:
             self._dead_letter(message, exc, link)
             batch.messages.append(message)  # acknowledged in order, with its batch
-            if exc.source is not None:
+            source = exc.source
+            if source is not None and source.seq is not None:
                 # Dead-lettered is a reported outcome: confirm it, or the agent would send it
                 # again for ever.
-                site, agent, seq = exc.source
-                if seq is not None:
-                    batch.confirm.setdefault((site, agent), []).append(seq)
+                key = (source.site, source.agent, source.epoch)
+                batch.confirm.setdefault(key, []).append(source.seq)
             return
         if not batch.lines:
             batch.deadline = time.monotonic() + self.config.batch.max_delay
         batch.lines.extend(checked.lines)
         batch.messages.append(message)
         if checked.seq is not None:
-            batch.confirm.setdefault((checked.site, checked.agent), []).append(checked.seq)
+            key = (checked.site, checked.agent, checked.epoch)
+            batch.confirm.setdefault(key, []).append(checked.seq)
             self._track_seq(checked.site, checked.agent, checked.seq)
 
     def _dead_letter(self, message: Incoming, exc: InvalidMessageError, link: MqttLink) -> None:
@@ -279,10 +280,10 @@ class Ingester:
         # Confirm to the agents before acknowledging to the broker: a crash in between leaves
         # the messages unacknowledged, they come back, are rewritten (same points) and
         # confirmed then.
-        for (site, agent), seqs in batch.confirm.items():
+        for (site, agent, epoch), seqs in batch.confirm.items():
             topic = confirm_topic(site, agent, root=self.config.mqtt.topic_root)
             try:
-                link.publish(topic, encode_confirm(seq_ranges(seqs)))
+                link.publish(topic, encode_confirm(epoch, seq_ranges(seqs)))
             except MqttError as exc:
                 log.error("cannot confirm to agent %s/%s: %s", site, agent, exc)
         for message in batch.messages:

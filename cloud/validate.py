@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -35,17 +36,24 @@ class InvalidKind(enum.StrEnum):
     REFUSED = "refused"
 
 
+class Source(NamedTuple):
+    site: str
+    agent: str
+    epoch: str | None
+    seq: int | None
+
+
 class InvalidMessageError(CloudError):
     def __init__(
         self,
         kind: InvalidKind,
         reason: str,
-        source: tuple[str, str, int | None] | None = None,
+        source: Source | None = None,
     ) -> None:
         self.kind = kind
         self.reason = reason
-        #: (site, agent, seq) when the message was readable enough to tell; lets the ingester
-        #: confirm a dead-lettered message to its agent.
+        #: Who sent it and which message it was, when readable enough to tell; lets the
+        #: ingester confirm a dead-lettered message to its agent.
         self.source = source
         super().__init__(f"{kind}: {reason}")
 
@@ -58,6 +66,7 @@ class Checked:
     agent: str
     lines: list[str]
     seq: int | None = None
+    epoch: str | None = None
 
 
 def check_message(
@@ -87,9 +96,9 @@ def check_message(
         # apart from a JSON message of the wrong shape helps find the sender.
         if isinstance(exc.__cause__, orjson.JSONDecodeError):
             raise InvalidMessageError(InvalidKind.NOT_JSON, str(exc)) from exc
-        source = (site, agent, _lenient_seq(payload))
+        source = Source(site, agent, *_lenient_identity(payload))
         raise InvalidMessageError(InvalidKind.PAYLOAD, str(exc), source) from exc
-    source = (site, agent, batch.seq)
+    source = Source(site, agent, batch.epoch, batch.seq)
     if (batch.site, batch.agent) != (site, agent):
         raise InvalidMessageError(
             InvalidKind.MISMATCH,
@@ -106,17 +115,22 @@ def check_message(
         lines = group_lines(measurement, site, agent, batch.groups, batch.seq)
     except LineProtocolError as exc:
         raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc), source) from exc
-    return Checked(site=site, agent=agent, lines=lines, seq=batch.seq)
+    return Checked(site=site, agent=agent, lines=lines, seq=batch.seq, epoch=batch.epoch)
 
 
-def _lenient_seq(payload: bytes) -> int | None:
-    """The ``seq`` of a JSON message that failed validation, if it has a usable one."""
+def _lenient_identity(payload: bytes) -> tuple[str | None, int | None]:
+    """``(epoch, seq)`` of a JSON message that failed validation, where usable."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return None
-    seq = doc.get("seq") if isinstance(doc, dict) else None
-    return seq if type(seq) is int and seq >= 0 else None
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    seq, epoch = doc.get("seq"), doc.get("epoch")
+    return (
+        epoch if isinstance(epoch, str) and 0 < len(epoch) <= 64 else None,
+        seq if type(seq) is int and seq >= 0 else None,
+    )
 
 
 def _check_window(groups: list[Group], limits: IngestSection, now_ns: int) -> None:

@@ -71,7 +71,7 @@ class AgentSession:
         self._v5 = config.protocol == "5"
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
-        self._lock = threading.Lock()  # guards _pending between the threads
+        self._lock = threading.Lock()  # (close() only: _pending lives in the event loop)
         self.connected = asyncio.Event()
         #: The broker's Receive Maximum (MQTT 5 CONNACK), 65535 if it named none.
         self.receive_maximum = 65535
@@ -124,12 +124,18 @@ class AgentSession:
         """Publish at QoS 1; the future resolves on a successful PUBACK."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-                future.set_exception(NotDelivered(paho.error_string(info.rc)))
-                return future
-            self._pending[info.mid] = future
+        # Fix (issue 4): no lock held around paho's publish(). It takes paho's
+        # _out_message_mutex, which paho's network thread holds while it calls _on_publish;
+        # _on_publish used to take our lock, publish() held it around the paho call: the two
+        # threads deadlocked as soon as a PUBACK arrived during a publish (seen while a backlog
+        # drained: the agent froze for good). _pending is now touched only in the event loop
+        # thread, and _on_publish hands the PUBACK over to it (_settle), which runs after this
+        # registration since the loop is busy here.
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            future.set_exception(NotDelivered(paho.error_string(info.rc)))
+            return future
+        self._pending[info.mid] = future
         return future
 
     async def close(self, grace: float = 5.0) -> None:
@@ -222,18 +228,22 @@ class AgentSession:
         properties: Properties | None,
     ) -> None:
         try:
-            with self._lock:
-                future = self._pending.pop(mid, None)
-            if future is None:
-                return
+            # Settled in the event loop (see publish() for why not here under a lock).
             code = reason.value if isinstance(reason, ReasonCode) else 0
-            if code >= 0x80 or code in _NOT_STORED:
-                detail = _NOT_STORED.get(code) or str(reason)
-                self._call(_fail, future, NotDelivered(f"PUBACK {code:#04x}: {detail}"))
-            else:
-                self._call(_succeed, future)
+            self._call(self._settle, mid, code, str(reason))
         except Exception:
             log.exception("error in the MQTT publish callback")
+
+    def _settle(self, mid: int, code: int, reason: str) -> None:
+        """In the event loop: resolve the future of ``mid`` from its PUBACK's code."""
+        future = self._pending.pop(mid, None)
+        if future is None:
+            return
+        if code >= 0x80 or code in _NOT_STORED:
+            detail = _NOT_STORED.get(code) or reason
+            _fail(future, NotDelivered(f"PUBACK {code:#04x}: {detail}"))
+        else:
+            _succeed(future)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:

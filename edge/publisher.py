@@ -7,7 +7,7 @@ The path of a batch:
    Groups wait in memory (``publish.queue_size`` readings at most; when that fills because
    the disk cannot keep up, the oldest are dropped and counted).
 2. Every ``max_batch`` readings or ``max_delay`` seconds, the batch is encoded with the
-   agent's next sequence number and boot id and committed to the spool (SQLite) in one
+   agent's next sequence number and spool epoch and committed to the spool (SQLite) in one
    transaction, in the spool's own thread.
 3. The sender publishes spooled messages at QoS 1, at most ``mqtt.max_inflight`` (and the
    broker's Receive Maximum) at a time. **Live first**: messages spooled since the last send
@@ -25,6 +25,7 @@ The path of a batch:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 
 from config.edge import EdgeConfig
 from edge.mqtt import AgentSession, NotDelivered
-from edge.spool import Entry, Gap, Spool
+from edge.spool import Dropped, Entry, Gap, Spool
 from fieldlink import __version__
 from wire.codec import PayloadError, decode_confirm, encode_groups
 from wire.model import Group, PointEntry
@@ -100,6 +101,17 @@ class Publisher:
         self._spool: Spool | None = None
         #: Whether the spool may hold unreported gaps (at start, and after a cap dropped).
         self._gaps_possible = True
+        # Fix (issue 4): a gap reported in a message that the caps dropped in turn (before it
+        # was confirmed) was forgotten: the spool deletes a gap when the reporting message is
+        # appended. So one report is outstanding at a time, remembered until confirmed, and
+        # made again (merged with the loss that took it) if the caps drop it.
+        #: (seq, gaps) of the outstanding gap report, until confirmed.
+        self._report: tuple[int, list[Gap]] | None = None
+        #: Gaps of an outstanding report that the caps dropped: reported again.
+        self._lost_report: list[Gap] = []
+        #: Cap drops not logged yet (logged at most once per CAPS_INTERVAL), and when last.
+        self._drops_unlogged: Dropped | None = None
+        self._drops_logged_at = float("-inf")
         self._session: AgentSession | None = None
         self._session_started = asyncio.Event()
         # All spool access goes through this one thread: SQLite connections are used by one
@@ -153,11 +165,11 @@ class Publisher:
         )
         backlog = self._spool.stats
         log.info(
-            "spool %s: %d message(s) waiting from earlier runs; next seq %d; boot %s",
+            "spool %s: %d message(s) waiting from earlier runs; epoch %s, next seq %d",
             path,
             backlog.entries,
+            self._spool.epoch,
             self._spool.next_seq,
-            self._spool.boot_id,
         )
         self._session = AgentSession(
             self._config.mqtt,
@@ -168,6 +180,7 @@ class Publisher:
                 "version": __version__,
                 "config_hash": self._config.config_hash,
                 "boot": self._spool.boot_id,
+                "epoch": self._spool.epoch,
             },
             on_confirm=self._on_confirm,
         )
@@ -212,25 +225,43 @@ class Publisher:
             batch, count = self._take_batch()
             if not batch:
                 continue
-            gaps = await self._in_spool_thread(spool.gaps) if self._gaps_possible else []
-            self._gaps_possible = False
-            records = self._gap_records(gaps)
+            gaps: list[Gap] = []
+            report: list[Gap] = []
+            if self._report is None:  # one gap report outstanding at a time (see __init__)
+                if self._gaps_possible:
+                    gaps = await self._in_spool_thread(spool.gaps)
+                    self._gaps_possible = False
+                report = _merge_gaps([*self._lost_report, *gaps])
+            records = self._gap_records(report)
             batch.extend(records)
             count += sum(len(g.points) for g in records)
-            entry = await self._in_spool_thread(
+            entry, dropped = await self._in_spool_thread(
                 functools.partial(self._append, spool, batch, count, [g.id for g in gaps])
             )
-            self._fresh.append(entry)
+            if report:
+                self._report, self._lost_report = (entry.seq, report), []
+            if dropped is not None:
+                self._note_drop(dropped)
+            if dropped is None or entry.seq > dropped.last_seq:
+                self._fresh.append(entry)
             self._send_wakeup.set()
 
-    def _append(self, spool: Spool, batch: list[Group], count: int, gaps: list[int]) -> Entry:
-        """In the spool thread: encode with the next seq and commit, reporting ``gaps``."""
-        site, agent, boot = self._site, self._agent, spool.boot_id
+    def _append(
+        self, spool: Spool, batch: list[Group], count: int, gaps: list[int]
+    ) -> tuple[Entry, Dropped | None]:
+        """In the spool thread: encode with the next seq and commit, reporting ``gaps``; then
+        enforce the caps."""
+        site, agent, epoch = self._site, self._agent, spool.epoch
 
         def payload_for(seq: int) -> bytes:
-            return encode_groups(site, agent, batch, seq, boot)
+            return encode_groups(site, agent, batch, seq, epoch)
 
-        return spool.append(payload_for, count, reported_gaps=gaps)
+        entry = spool.append(payload_for, count, reported_gaps=gaps)
+        # Fix (issue 4): the caps are enforced after every append, as Spool.enforce_caps asks
+        # (an in-memory check unless a cap is exceeded). Checked only every CAPS_INTERVAL, the
+        # spool outgrew max_bytes by up to CAPS_INTERVAL seconds of messages (3x a 64 KiB cap
+        # at 1,000 readings/s).
+        return entry, spool.enforce_caps()
 
     def _take_batch(self) -> tuple[list[Group], int]:
         batch: list[Group] = []
@@ -339,13 +370,21 @@ class Publisher:
 
     def _on_confirm(self, payload: bytes) -> None:
         try:
-            ranges = decode_confirm(payload)
+            epoch, ranges = decode_confirm(payload)
         except PayloadError as exc:
             log.warning("ignoring a malformed confirmation on %s: %s", self._confirm_topic, exc)
+            return
+        if self._spool is None or epoch != self._spool.epoch:
+            # Seqs of another spool epoch (a spool replaced after corruption): they name other
+            # messages than ours, so they must not delete anything.
             return
         for first, last in ranges:
             for seq in [s for s in self._sent_at if first <= s <= last]:
                 del self._sent_at[seq]
+        if self._report is not None and any(a <= self._report[0] <= b for a, b in ranges):
+            # The gap report is stored: gaps recorded since may be reported now.
+            self._report = None
+            self._gaps_possible = True
         asyncio.get_running_loop().create_task(self._confirm(ranges))
 
     async def _confirm(self, ranges: list[tuple[int, int]]) -> None:
@@ -359,25 +398,57 @@ class Publisher:
         assert self._spool is not None
         while True:
             await asyncio.sleep(CAPS_INTERVAL)
+            # After every append too (_append); here for the age cap while nothing is polled.
             dropped = await self._in_spool_thread(self._spool.enforce_caps)
-            if dropped is None:
-                continue
-            self.stats.spool_dropped += dropped.readings
-            for seq in range(dropped.first_seq, dropped.last_seq + 1):
-                self._sent_at.pop(seq, None)
-            log.warning(
-                "spool cap reached: dropped the oldest %d message(s) (%d readings, seq %d..%d); "
-                "a gap record goes to the cloud",
-                dropped.messages,
-                dropped.readings,
-                dropped.first_seq,
+            if dropped is not None:
+                self._note_drop(dropped)
+            self._log_drops()
+
+    def _note_drop(self, dropped: Dropped) -> None:
+        """Account for what a cap dropped (in the event loop)."""
+        self.stats.spool_dropped += dropped.readings
+        for seq in range(dropped.first_seq, dropped.last_seq + 1):
+            self._sent_at.pop(seq, None)
+        # Fix (issue 4): what the caps dropped is not sent any more, not even from memory: the
+        # live window kept copies of dropped messages and published them after the outage,
+        # although the gap record said they were dropped.
+        if self._fresh and self._fresh[0].seq <= dropped.last_seq:
+            kept = (e for e in self._fresh if e.seq > dropped.last_seq)
+            self._fresh = deque(kept, maxlen=LIVE_WINDOW)
+        if self._report is not None and dropped.first_seq <= self._report[0] <= dropped.last_seq:
+            self._lost_report, self._report = self._report[1], None
+        # The spool recorded the loss as a gap; the next batch reports it.
+        self._gaps_possible = True
+        self._batch_wakeup.set()
+        if not self._buffer:
+            self._oldest_at = self._clock()
+        pending = self._drops_unlogged
+        if pending is not None:
+            dropped = Dropped(
+                pending.first_seq,
                 dropped.last_seq,
+                pending.messages + dropped.messages,
+                pending.readings + dropped.readings,
             )
-            # The spool recorded the loss as a gap; the next batch reports it.
-            self._gaps_possible = True
-            self._batch_wakeup.set()
-            if not self._buffer:
-                self._oldest_at = self._clock()
+        self._drops_unlogged = dropped
+        self._log_drops()
+
+    def _log_drops(self) -> None:
+        """Warn about cap drops, at most once per CAPS_INTERVAL (with a full spool, every
+        append drops)."""
+        dropped = self._drops_unlogged
+        now = self._clock()
+        if dropped is None or now - self._drops_logged_at < CAPS_INTERVAL:
+            return
+        self._drops_unlogged, self._drops_logged_at = None, now
+        log.warning(
+            "spool cap reached: dropped the oldest %d message(s) (%d readings, seq %d..%d); "
+            "a gap record goes to the cloud",
+            dropped.messages,
+            dropped.readings,
+            dropped.first_seq,
+            dropped.last_seq,
+        )
 
     def _gap_records(self, gaps: list[Gap]) -> list[Group]:
         """A gap as readings of the agent's own points, so the loss shows in InfluxDB next to
@@ -403,6 +474,30 @@ class Publisher:
                 points.append({"p": "spool_dropped_messages", "v": gap.messages})
             records.append(Group(self._agent, self._agent, gap.to_ns or time.time_ns(), points))
         return records
+
+
+def _merge_gaps(gaps: list[Gap]) -> list[Gap]:
+    """One gap per cause: a report made again and the drops recorded since are one loss of
+    consecutive seqs (issue 4). Gaps without counts (host_restart) are kept as they are."""
+    counted: dict[str, Gap] = {}
+    out: list[Gap] = []
+    for gap in gaps:
+        prev = counted.get(gap.cause)
+        if gap.messages is None:
+            out.append(gap)
+        elif prev is None:
+            counted[gap.cause] = gap
+        else:
+            counted[gap.cause] = dataclasses.replace(
+                prev,
+                first_seq=min(prev.first_seq, gap.first_seq),
+                last_seq=max(prev.last_seq, gap.last_seq),
+                messages=(prev.messages or 0) + gap.messages,
+                readings=(prev.readings or 0) + (gap.readings or 0),
+                from_ns=min(t for t in (prev.from_ns, gap.from_ns) if t is not None),
+                to_ns=max(t for t in (prev.to_ns, gap.to_ns) if t is not None),
+            )
+    return out + list(counted.values())
 
 
 class BrokerUnreachable(Exception):

@@ -4,7 +4,8 @@ gap). See ``docs/delivery.md`` for what is and is not guaranteed.
 
 One row per *message* (never per reading), keyed by a per-agent sequence number:
 
-* ``entries(seq, created_ns, readings, size, attempts, payload)`` — the unconfirmed messages;
+* ``entries(seq, created_ns, readings, size, payload)`` — the unconfirmed messages, and
+  ``attempts(seq, n)`` beside them (so counting an attempt does not rewrite a payload);
 * ``meta`` — one row: the spool's ``epoch`` (a random id born with the file: the sequence
   numbers are unique within it), ``next_seq`` (updated in the same transaction as every
   append, so a seq is never reused after a process crash, even once every entry was
@@ -402,7 +403,7 @@ class Spool:
                 if host_gap is not None:
                     conn.execute(_ADD_GAP, ("host_restart", *host_gap, None, None, None, None))
             count, readings, size = conn.execute(
-                "SELECT count(*), total(readings), total(size) FROM entries"
+                "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(size), 0) FROM entries"
             ).fetchone()
         except BaseException:
             conn.close()
@@ -506,7 +507,7 @@ class Spool:
                 if not exclude:
                     rows = conn.execute(_PENDING, (limit,)).fetchall()
                 else:
-                    cur = conn.execute(_PENDING_SEQS, (limit,))
+                    cur = conn.execute(_PENDING_SEQS, (limit + len(exclude),))
                     wanted = [s for (s,) in cur if s not in exclude][:limit]
                     rows = [conn.execute(_ENTRY, (s,)).fetchone() for s in wanted]
             except sqlite3.Error as exc:

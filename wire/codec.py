@@ -26,8 +26,8 @@ from wire.topics import ID_PATTERN, is_valid_id, is_valid_unit
 
 PAYLOAD_SCHEMA = "fieldlink.batch/1"
 CONFIRM_SCHEMA = "fieldlink.confirm/1"
-#: Boot ids are short opaque tokens (the agent uses 32 hex digits).
-MAX_BOOT_ID = 64
+#: Epochs are short opaque tokens (the agent uses 32 hex digits).
+MAX_EPOCH = 64
 #: Text values longer than this are refused: they would bloat every write downstream.
 MAX_TEXT_VALUE = 1024
 
@@ -43,8 +43,9 @@ class Batch:
     groups: list[Group] = field(default_factory=list)
     #: Per-agent sequence number; optional in schema 1 (used by the delivery protocol).
     seq: int | None = None
-    #: Id of the agent process run that sent it (a new one at every start).
-    boot: str | None = None
+    #: The agent's spool epoch: sequence numbers are unique within one epoch (a new spool,
+    #: e.g. after a corrupt one was moved aside, starts a new epoch at seq 1).
+    epoch: str | None = None
 
     @property
     def readings(self) -> list[Reading]:
@@ -61,14 +62,14 @@ def encode_groups(
     agent: str,
     groups: Sequence[Group],
     seq: int | None = None,
-    boot: str | None = None,
+    epoch: str | None = None,
 ) -> bytes:
     """Pack groups of readings into one message: the agent's hot path, one ``orjson.dumps``."""
     doc: dict[str, Any] = {"schema": PAYLOAD_SCHEMA, "site": site, "agent": agent, "groups": groups}
     if seq is not None:
         doc["seq"] = seq
-    if boot is not None:
-        doc["boot"] = boot
+    if epoch is not None:
+        doc["epoch"] = epoch
     return orjson.dumps(doc)
 
 
@@ -116,9 +117,9 @@ def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:
     seq = doc.get("seq")
     if seq is not None and (type(seq) is not int or seq < 0):
         raise PayloadError(f"seq: expected a non-negative integer, got {seq!r}")
-    boot = doc.get("boot")
-    if boot is not None and (not isinstance(boot, str) or not 0 < len(boot) <= MAX_BOOT_ID):
-        raise PayloadError(f"boot: expected a string of 1 to {MAX_BOOT_ID} characters")
+    epoch = doc.get("epoch")
+    if epoch is not None and not _is_epoch(epoch):
+        raise PayloadError(f"epoch: expected a string of 1 to {MAX_EPOCH} characters")
     raw_groups = doc.get("groups")
     if not isinstance(raw_groups, list):
         raise PayloadError(f"groups: expected an array, got {_kind(raw_groups)}")
@@ -130,10 +131,10 @@ def decode_batch(payload: bytes, *, max_readings: int = 100_000) -> Batch:
         count += len(checked.points)
         if count > max_readings:
             raise PayloadError(f"more than {max_readings} readings in one message")
-    return Batch(site=site, agent=agent, groups=groups, seq=seq, boot=boot)
+    return Batch(site=site, agent=agent, groups=groups, seq=seq, epoch=epoch)
 
 
-_TOP_KEYS = frozenset({"schema", "site", "agent", "groups", "seq", "boot"})
+_TOP_KEYS = frozenset({"schema", "site", "agent", "groups", "seq", "epoch"})
 _GROUP_KEYS = frozenset({"asset", "device", "t", "points"})
 _POINT_KEYS = frozenset({"p", "v", "u", "q", "r"})
 _QUALITY_NAMES = frozenset(q.value for q in Quality)
@@ -237,18 +238,26 @@ def _kind(value: object) -> str:
     )
 
 
-def encode_confirm(ranges: Sequence[tuple[int, int]]) -> bytes:
-    """An ingester's confirmation: these inclusive seq ranges of the agent are stored."""
-    return orjson.dumps({"schema": CONFIRM_SCHEMA, "ranges": [list(r) for r in ranges]})
+def encode_confirm(epoch: str | None, ranges: Sequence[tuple[int, int]]) -> bytes:
+    """An ingester's confirmation: these inclusive seq ranges of the agent's spool epoch are
+    stored."""
+    doc: dict[str, Any] = {"schema": CONFIRM_SCHEMA, "ranges": [list(r) for r in ranges]}
+    if epoch is not None:
+        doc["epoch"] = epoch
+    return orjson.dumps(doc)
 
 
-def decode_confirm(payload: bytes) -> list[tuple[int, int]]:
+def decode_confirm(payload: bytes) -> tuple[str | None, list[tuple[int, int]]]:
+    """``(epoch, ranges)`` of a confirmation; raises :class:`PayloadError`."""
     try:
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise PayloadError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("schema") != CONFIRM_SCHEMA:
         raise PayloadError(f"schema: expected {CONFIRM_SCHEMA!r}")
+    epoch = doc.get("epoch")
+    if epoch is not None and not _is_epoch(epoch):
+        raise PayloadError(f"epoch: expected a string of 1 to {MAX_EPOCH} characters")
     ranges = doc.get("ranges")
     if not isinstance(ranges, list):
         raise PayloadError("ranges: expected an array of [first, last] pairs")
@@ -262,7 +271,11 @@ def decode_confirm(payload: bytes) -> list[tuple[int, int]]:
         ):
             raise PayloadError(f"ranges[{i}]: expected [first, last] with 0 <= first <= last")
         out.append((pair[0], pair[1]))
-    return out
+    return epoch, out
+
+
+def _is_epoch(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_EPOCH
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
