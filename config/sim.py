@@ -408,6 +408,34 @@ class SimFault(StrictModel):
         return next(k for k in _FAULT_KINDS if getattr(self, k) is not None)
 
 
+def _identity_text(value: str) -> str:
+    if not value.isascii() or not value.isprintable():
+        raise ValueError("must be printable ASCII (FC43 objects are ASCII strings)")
+    return value
+
+
+#: One FC43 identification object: printable ASCII, short enough that the three basic
+#: objects always fit one answer (7 + 3 × (2 + 80) = 253 bytes, the largest PDU).
+IdentityText = Annotated[str, Field(min_length=1, max_length=80), AfterValidator(_identity_text)]
+
+
+class SimIdentity(StrictModel):
+    """What the device tells about itself through FC43 / MEI type 14 (read device
+    identification): the three objects of the basic category."""
+
+    vendor: IdentityText = Field(description="VendorName, object 0x00, e.g. `ACME`.")
+    product_code: IdentityText = Field(description="ProductCode, object 0x01, e.g. `EM-340`.")
+    revision: IdentityText = Field(description="MajorMinorRevision, object 0x02, e.g. `1.04`.")
+
+    def objects(self) -> dict[int, bytes]:
+        """Object id → value, as FC43 sends them."""
+        return {
+            0x00: self.vendor.encode("ascii"),
+            0x01: self.product_code.encode("ascii"),
+            0x02: self.revision.encode("ascii"),
+        }
+
+
 class SimDevice(StrictModel):
     """One simulated device: a unit id on a TCP listener or a serial line, with its own
     register map."""
@@ -483,6 +511,14 @@ class SimDevice(StrictModel):
     )
     fault_seed: int = Field(
         default=0, description="Seed of the device's fault generator, for reproducible runs."
+    )
+    identity: SimIdentity | None = Field(
+        default=None,
+        description=(
+            "Device identification served through FC43 (read device identification, basic "
+            "objects 0x00-0x02). Without it the device answers FC43 with exception 1 (illegal "
+            "function), as many real devices do."
+        ),
     )
     registers: list[SimRegister] = Field(min_length=1, description="The device's register map.")
 

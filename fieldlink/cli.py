@@ -17,6 +17,7 @@ from fieldlink import __version__
 COMMAND_MODULES = [
     ("sim.cli", "edge"),
     ("edge.cli", "edge"),
+    ("drivers.modbus.tools", "edge"),
     ("cloud.cli", "cloud"),
     ("fieldlink.tools", None),
     ("fieldlink.demo", "demo"),

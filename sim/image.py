@@ -274,9 +274,11 @@ class BitTable:
 class RegisterImage:
     """All registers of one device; implements :class:`sim.pdu.RegisterSpace`."""
 
-    __slots__ = ("coils", "discrete", "holding", "input")
+    __slots__ = ("coils", "discrete", "holding", "identity", "input")
 
     def __init__(self, device: SimDevice, clock: Clock) -> None:
+        #: FC43 identification objects (object id → bytes), None without `identity:`.
+        self.identity = device.identity.objects() if device.identity is not None else None
         holding = [build_slot(r) for r in device.registers if r.table == "holding"]
         inputs = [build_slot(r) for r in device.registers if r.table == "input"]
         self.holding = Table(holding, clock)
@@ -305,3 +307,6 @@ class RegisterImage:
 
     def write_holding(self, address: int, data: bytes) -> bool:
         return self.holding.write(address, data)
+
+    def device_identity(self) -> dict[int, bytes] | None:
+        return self.identity

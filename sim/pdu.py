@@ -22,10 +22,16 @@ WRITE_SINGLE_COIL: Final = 0x05
 WRITE_SINGLE_REGISTER: Final = 0x06
 WRITE_MULTIPLE_COILS: Final = 0x0F
 WRITE_MULTIPLE_REGISTERS: Final = 0x10
+#: Encapsulated interface transport; with MEI type 0x0E: read device identification.
+ENCAPSULATED_INTERFACE: Final = 0x2B
+MEI_READ_DEVICE_ID: Final = 0x0E
 
 ILLEGAL_FUNCTION: Final = 0x01
 ILLEGAL_DATA_ADDRESS: Final = 0x02
 ILLEGAL_DATA_VALUE: Final = 0x03
+
+#: FC43 conformity level: basic identification, stream and individual access.
+BASIC_CONFORMITY: Final = 0x81
 
 #: Most registers one read may ask for (the answer must fit a 253-byte PDU).
 MAX_READ: Final = 125
@@ -70,6 +76,11 @@ class RegisterSpace(Protocol):
     def has_table(self, table: str) -> bool:
         """Whether the unit has any ``coil`` / ``discrete`` at all: a device without them
         answers their function codes with exception 1 (illegal function)."""
+        ...
+
+    def device_identity(self) -> dict[int, bytes] | None:
+        """FC43 identification objects (object id → value), or None: the unit answers FC43
+        with exception 1 (illegal function)."""
         ...
 
 
@@ -174,4 +185,35 @@ def handle_pdu(space: RegisterSpace, pdu: bytes) -> bytes:
         if address + count > 0x10000 or not space.write_holding(address, pdu[6:]):
             return exception_response(function, ILLEGAL_DATA_ADDRESS)
         return pdu[:5]  # function, address, count
+    if function == ENCAPSULATED_INTERFACE:
+        objects = space.device_identity()
+        if objects:
+            return _device_identification(objects, pdu)
     return exception_response(function, ILLEGAL_FUNCTION)
+
+
+def _device_identification(objects: dict[int, bytes], pdu: bytes) -> bytes:
+    """FC43 / MEI 0x0E for a device of the basic conformity level (objects 0x00..0x02).
+
+    Read codes 1-3 (basic, regular, extended: stream access) answer every object from the
+    requested one on (from 0 when the device has no such object, as the spec says); a device
+    asked for a higher category than it has answers at its own level. Read code 4 (individual
+    access) answers the one object, exception 2 if the device has none of that id. All
+    objects fit one answer (config/sim.py limits their size), so "more follows" is never set.
+    """
+    function = ENCAPSULATED_INTERFACE
+    if len(pdu) < 2 or pdu[1] != MEI_READ_DEVICE_ID:
+        return exception_response(function, ILLEGAL_FUNCTION)
+    if len(pdu) != 4 or pdu[2] not in (1, 2, 3, 4):
+        return exception_response(function, ILLEGAL_DATA_VALUE)
+    code, first = pdu[2], pdu[3]
+    if code == 4:
+        if first not in objects:
+            return exception_response(function, ILLEGAL_DATA_ADDRESS)
+        chosen = [first]
+    else:
+        start = first if first in objects else 0
+        chosen = [oid for oid in sorted(objects) if oid >= start]
+    body = b"".join(bytes((oid, len(objects[oid]))) + objects[oid] for oid in chosen)
+    header = (function, MEI_READ_DEVICE_ID, code, BASIC_CONFORMITY, 0x00, 0x00, len(chosen))
+    return bytes(header) + body

@@ -38,6 +38,7 @@ What pymodbus 3.16 does and does not do, and what this module adds (see README.m
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -88,8 +89,11 @@ def frame_error(detail: str) -> FrameError:
 class ModbusLink:
     """One bus: one TCP connection or one open serial port, shared by its units."""
 
-    def __init__(self, bus: ModbusBus) -> None:
+    def __init__(self, bus: ModbusBus, *, reconnect_when_silent: bool = True) -> None:
+        """``reconnect_when_silent=False`` keeps the TCP connection however many requests go
+        unanswered in a row: for a unit-id scan, where silence is the expected answer."""
         self._bus = bus
+        self._reconnect_when_silent = reconnect_when_silent
         self._serial = bus.transport in SERIAL_TRANSPORTS
         self._client: Client | None = None
         self._check: Callable[[bytes, int, int], str | None] | None = {
@@ -236,9 +240,40 @@ class ModbusLink:
             loop = asyncio.get_running_loop()
             self._idle_since = max(self._idle_since, loop.time() + BROADCAST_TURNAROUND)
 
+    async def read_identification(self, unit_id: int) -> dict[int, str]:
+        """FC43 / MEI type 14, read device identification, basic category (stream access):
+        object id → text, e.g. ``{0: "ACME", 1: "EM-340", 2: "1.04"}`` (VendorName,
+        ProductCode, MajorMinorRevision). Follows "more follows" for devices that split the
+        answer. A device without identification answers exception 1 (illegal function):
+        :class:`~drivers.errors.DeviceException`; the other errors are those of
+        :meth:`execute`."""
+        client = await self._ready()
+        objects: dict[int, str] = {}
+        first = 0
+        for _ in range(_MAX_IDENTIFICATION_READS):
+            call = functools.partial(
+                client.read_device_information,
+                read_code=_BASIC_IDENTIFICATION,
+                object_id=first,
+                device_id=unit_id,
+            )
+            result = await self._transact(unit_id, _READ_DEVICE_ID, call)
+            information: dict[int, Any] = dict(getattr(result, "information", {}) or {})
+            for object_id, value in information.items():
+                parts = value if isinstance(value, list) else [value]
+                text = b"".join(bytes(p) for p in parts).decode("latin-1")
+                objects[int(object_id)] = text.rstrip("\0 ")
+            follows = getattr(result, "more_follows", 0) == _MORE_FOLLOWS
+            following = int(getattr(result, "next_object_id", 0))
+            if not follows or following <= first:
+                break
+            first = following
+        return objects
+
     async def _ready(self) -> Client:
         """The client to send with; a TCP connection gone silent is replaced first."""
-        if self._silent >= SILENT_LIMIT and self._client is not None:
+        silent = self._reconnect_when_silent and self._silent >= SILENT_LIMIT
+        if silent and self._client is not None:
             log.info(
                 "%s: no answer from any unit %d times in a row; reconnecting",
                 self.description,
@@ -333,6 +368,13 @@ class ModbusLink:
         if not connected and alarm is not None and not alarm.done():
             alarm.set_result(_LOST)
 
+
+#: FC43 (encapsulated interface transport) and its read code for the basic identification
+#: objects; "more follows" as the device sets it; most follow-up reads of one identification.
+_READ_DEVICE_ID: Final = 0x2B
+_BASIC_IDENTIFICATION: Final = 1
+_MORE_FOLLOWS: Final = 0xFF
+_MAX_IDENTIFICATION_READS: Final = 8
 
 #: What _on_connection puts in the alarm (compared by identity).
 _LOST: Final = "connection lost"
