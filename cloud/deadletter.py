@@ -49,7 +49,7 @@ class Counters:
     write_retries: int = 0
     #: Points InfluxDB refused (400/413), each dead-lettered with the reason.
     readings_refused: int = 0
-    #: Sequence numbers each agent skipped, as seen by this ingester ("site/agent" → count).
+    #: Seqs of each agent not arrived (yet) at this ingester ("site/agent" → count).
     seq_gaps: dict[str, int] = field(default_factory=dict)
     #: Refused messages and points by kind (cloud.validate.InvalidKind).
     invalid: dict[str, int] = field(default_factory=dict)
@@ -71,7 +71,11 @@ class Counters:
             f"invalid {self.invalid_total} messages"
             + (f" ({invalid})" if invalid else "")
             + f", dead-lettered {self.dead_lettered}"
-            + (f", seq gaps {sum(self.seq_gaps.values())}" if self.seq_gaps else "")
+            + (
+                f", seqs not arrived {sum(self.seq_gaps.values())}"
+                if any(self.seq_gaps.values())
+                else ""
+            )
         )
 
 

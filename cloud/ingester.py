@@ -45,6 +45,8 @@ from wire.topics import confirm_topic, deadletter_topic
 
 log = logging.getLogger(__name__)
 
+#: Most seqs per agent remembered as not arrived (bounds memory if an agent's seqs jump).
+MAX_TRACKED_MISSING = 100_000
 #: Seconds between two summary log lines.
 SUMMARY_INTERVAL = 30.0
 #: Backoff between write attempts while InfluxDB is unavailable: doubles from the first to
@@ -91,7 +93,8 @@ class Ingester:
         self._deadletter_topic = deadletter_topic(root=config.mqtt.topic_root)
         self._logged_sources = FirstSeen()
         self._link: MqttLink | None = None
-        self._highest_seq: dict[tuple[str, str], int] = {}
+        self._highest_seq: dict[str, int] = {}
+        self._missing: dict[str, set[int]] = {}
 
     async def run(
         self,
@@ -291,26 +294,26 @@ class Ingester:
         batch.clear()
 
     def _track_seq(self, site: str, agent: str, seq: int) -> None:
-        """Count sequence numbers an agent skipped (seen by this ingester alone: with a
-        shared-subscription group each member sees a part, so gaps are not counted then)."""
+        """Track which sequence numbers of an agent have not arrived (yet).
+
+        Agents send live messages before backlog, so seqs arrive out of order during every
+        drain: a seq above the highest one seen opens a gap, and its missing seqs are
+        remembered until they arrive. What stays missing is a real gap (a spool drop, which
+        the agent also reports). Only meaningful for an ingester that sees all of an agent's
+        messages: with a shared-subscription group each member sees a part, so not tracked.
+        """
         if self.config.mqtt.group is not None:
             return
-        key = (site, agent)
+        key = f"{site}/{agent}"
+        missing = self._missing.setdefault(key, set())
         highest = self._highest_seq.get(key)
-        if highest is not None and seq > highest + 1:
-            missing = seq - highest - 1
-            self.counters.seq_gaps[f"{site}/{agent}"] = (
-                self.counters.seq_gaps.get(f"{site}/{agent}", 0) + missing
-            )
-            log.warning(
-                "agent %s/%s: %d message(s) missing before seq %d (spool drops or lost messages)",
-                site,
-                agent,
-                missing,
-                seq,
-            )
         if highest is None or seq > highest:
+            if highest is not None and seq > highest + 1 and len(missing) < MAX_TRACKED_MISSING:
+                missing.update(range(highest + 1, min(seq, highest + 1 + MAX_TRACKED_MISSING)))
             self._highest_seq[key] = seq
+        else:
+            missing.discard(seq)
+        self.counters.seq_gaps[key] = len(missing)
 
     async def _write(
         self, writer: Writer, lines: list[str], stop: asyncio.Event, held: int

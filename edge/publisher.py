@@ -51,7 +51,8 @@ T = TypeVar("T")
 
 #: Spooled messages kept in memory for the live path; older ones are read back from the spool.
 LIVE_WINDOW = 64
-#: Seconds between two checks of the spool's caps.
+#: Seconds between two checks of the spool's caps while nothing is appended (they are also
+#: checked after every append), and between two warnings about cap drops.
 CAPS_INTERVAL = 5.0
 
 
@@ -96,6 +97,8 @@ class Publisher:
         self._inflight: set[int] = set()
         #: seq → monotonic time of its last successful publish, until confirmed.
         self._sent_at: dict[int, float] = {}
+        #: seq → publishes so far, until confirmed: the wait before the next one doubles.
+        self._attempts: dict[int, int] = {}
         self._backlog_tokens = 0.0
         self._backlog_refill_at = clock()
         self._spool: Spool | None = None
@@ -225,18 +228,14 @@ class Publisher:
             batch, count = self._take_batch()
             if not batch:
                 continue
-            gaps: list[Gap] = []
-            report: list[Gap] = []
-            if self._report is None:  # one gap report outstanding at a time (see __init__)
-                if self._gaps_possible:
-                    gaps = await self._in_spool_thread(spool.gaps)
-                    self._gaps_possible = False
-                report = _merge_gaps([*self._lost_report, *gaps])
-            records = self._gap_records(report)
-            batch.extend(records)
-            count += sum(len(g.points) for g in records)
-            entry, dropped = await self._in_spool_thread(
-                functools.partial(self._append, spool, batch, count, [g.id for g in gaps])
+            # One gap report outstanding at a time (see __init__).
+            reporting = self._report is None
+            fetch = reporting and self._gaps_possible
+            if fetch:
+                self._gaps_possible = False
+            lost = self._lost_report if reporting else []
+            entry, report, dropped = await self._in_spool_thread(
+                functools.partial(self._append, spool, batch, count, lost, fetch)
             )
             if report:
                 self._report, self._lost_report = (entry.seq, report), []
@@ -247,21 +246,31 @@ class Publisher:
             self._send_wakeup.set()
 
     def _append(
-        self, spool: Spool, batch: list[Group], count: int, gaps: list[int]
-    ) -> tuple[Entry, Dropped | None]:
-        """In the spool thread: encode with the next seq and commit, reporting ``gaps``; then
-        enforce the caps."""
+        self, spool: Spool, batch: list[Group], count: int, lost: list[Gap], fetch: bool
+    ) -> tuple[Entry, list[Gap], Dropped | None]:
+        """In the spool thread: add the gap records (the spool's unreported gaps if ``fetch``,
+        merged with a ``lost`` report), encode with the next seq and commit; then enforce the
+        caps. Returns the entry, the gaps it reports and what the caps dropped.
+
+        Reading the gaps in the same call as the append (fix, issue 4): a cap drop run between
+        the two (the periodic check) merged into a gap that the append then deleted as
+        reported, and that loss went unreported."""
+        gaps = spool.gaps() if fetch else []
+        report = _merge_gaps([*lost, *gaps])
+        records = self._gap_records(report)
+        count += sum(len(g.points) for g in records)
         site, agent, epoch = self._site, self._agent, spool.epoch
+        groups = [*batch, *records]
 
         def payload_for(seq: int) -> bytes:
-            return encode_groups(site, agent, batch, seq, epoch)
+            return encode_groups(site, agent, groups, seq, epoch)
 
-        entry = spool.append(payload_for, count, reported_gaps=gaps)
+        entry = spool.append(payload_for, count, reported_gaps=[g.id for g in gaps])
         # Fix (issue 4): the caps are enforced after every append, as Spool.enforce_caps asks
         # (an in-memory check unless a cap is exceeded). Checked only every CAPS_INTERVAL, the
         # spool outgrew max_bytes by up to CAPS_INTERVAL seconds of messages (3x a 64 KiB cap
         # at 1,000 readings/s).
-        return entry, spool.enforce_caps()
+        return entry, report, spool.enforce_caps()
 
     def _take_batch(self) -> tuple[list[Group], int]:
         batch: list[Group] = []
@@ -343,7 +352,15 @@ class Publisher:
         timeout = self._spool_cfg.confirm_timeout
         exclude = set(self._inflight)
         exclude.update(e.seq for e in self._fresh)
-        exclude.update(seq for seq, at in self._sent_at.items() if now - at < timeout)
+        # A message waits confirm_timeout after its first publish, then twice as long after
+        # each republish (capped at 8×): a cloud that is down for long is not flooded with
+        # copies, and one that is back gets each message again within a bounded time.
+        attempts = self._attempts
+        exclude.update(
+            seq
+            for seq, at in self._sent_at.items()
+            if now - at < timeout * min(2 ** (attempts.get(seq, 1) - 1), 8)
+        )
         spool = self._spool
         return await self._in_spool_thread(functools.partial(spool.pending, limit, exclude=exclude))
 
@@ -359,6 +376,7 @@ class Publisher:
         error = future.exception() if not future.cancelled() else NotDelivered("cancelled")
         if error is None:
             self._sent_at[entry.seq] = self._clock()
+            self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
             self.stats.messages += 1
             self.stats.readings += entry.readings
             return
@@ -381,6 +399,7 @@ class Publisher:
         for first, last in ranges:
             for seq in [s for s in self._sent_at if first <= s <= last]:
                 del self._sent_at[seq]
+                self._attempts.pop(seq, None)
         if self._report is not None and any(a <= self._report[0] <= b for a, b in ranges):
             # The gap report is stored: gaps recorded since may be reported now.
             self._report = None
@@ -409,6 +428,7 @@ class Publisher:
         self.stats.spool_dropped += dropped.readings
         for seq in range(dropped.first_seq, dropped.last_seq + 1):
             self._sent_at.pop(seq, None)
+            self._attempts.pop(seq, None)
         # Fix (issue 4): what the caps dropped is not sent any more, not even from memory: the
         # live window kept copies of dropped messages and published them after the outage,
         # although the gap record said they were dropped.

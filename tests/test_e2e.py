@@ -9,7 +9,7 @@ import contextlib
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -159,10 +159,16 @@ def edge_doc(broker: Mosquitto, agent: str, port: int) -> dict[str, Any]:
 
 
 async def run_pipeline(
-    broker: Mosquitto, cloud: CloudConfig, agent: str, polls: int = 3
+    broker: Mosquitto,
+    cloud: CloudConfig,
+    agent: str,
+    stored: Callable[[], int],
+    kept: Callable[[Reading], bool] = lambda r: True,
+    polls: int = 3,
 ) -> tuple[list[Reading], int, int]:
-    """Run sim, ingester and agent until every device was polled ``polls`` times; return
-    what the agent published and the wall-clock window it ran in."""
+    """Run sim, ingester and agent until every device was polled ``polls`` times; stop the
+    agent, and stop the ingester only once ``stored()`` (readings the store holds) covers
+    everything the agent published. Return what it published and the run's time window."""
     sim = SimConfig.model_validate({"kind": "sim", "devices": SIM_DEVICES})
     topic = data_topic(SITE, agent)
     async with SimPlant(sim) as plant:
@@ -183,8 +189,16 @@ async def run_pipeline(
                         message=f"{polls} polls of every device on the broker",
                     )
                 ended = time.time_ns()
-                # The agent drained its queue on stop: this is everything it sent.
-                return recorder.snapshot(), started, ended
+                # The agent drained its queue on stop: this is everything it sent (a
+                # republished message appears twice, hence the set).
+                published = recorder.snapshot()
+                distinct = len({(r.device, r.point, r.ts_ns) for r in published if kept(r)})
+                await async_wait_for(
+                    lambda: asyncio.to_thread(lambda: stored() >= distinct),
+                    timeout=30,
+                    message=f"{distinct} published readings in the store",
+                )
+                return published, started, ended
 
 
 def check_published(published: list[Reading], started: int, ended: int) -> None:
@@ -213,8 +227,6 @@ async def test_sim_to_influxdb1_exact_values_units_and_sample_times(
             "batch": {"max_points": 100, "max_delay": 0.05},
         }
     )
-    published, started, ended = await run_pipeline(mosquitto, cloud, agent)
-    check_published(published, started, ended)
 
     def stored() -> dict[tuple[str, str, int], dict[str, Any]]:
         result = influx_db.service.query(
@@ -227,6 +239,9 @@ async def test_sim_to_influxdb1_exact_values_units_and_sample_times(
                 row = dict(zip(s["columns"], values, strict=True))
                 rows[(row["device"], row["point"], row["time"])] = row
         return rows
+
+    published, started, ended = await run_pipeline(mosquitto, cloud, agent, lambda: len(stored()))
+    check_published(published, started, ended)
 
     def complete() -> dict[tuple[str, str, int], dict[str, Any]] | None:
         rows = stored()
@@ -278,9 +293,6 @@ async def test_sim_to_victoriametrics_through_the_v2_write_api(
             "batch": {"max_points": 100, "max_delay": 0.05},
         }
     )
-    published, started, ended = await run_pipeline(mosquitto, cloud, agent)
-    check_published(published, started, ended)
-    numeric = [r for r in published if not isinstance(r.value, str)]
 
     def exported() -> dict[tuple[str, str], dict[int, float]]:
         out: dict[tuple[str, str], dict[int, float]] = {}
@@ -289,6 +301,16 @@ async def test_sim_to_victoriametrics_through_the_v2_write_api(
             key = (labels["device"], labels["point"])
             out.setdefault(key, {}).update(zip(series["timestamps"], series["values"], strict=True))
         return out
+
+    def stored_numbers() -> int:
+        return sum(len(v) for v in exported().values())
+
+    # VictoriaMetrics keeps numbers only: text readings are not waited for.
+    published, started, ended = await run_pipeline(
+        mosquitto, cloud, agent, stored_numbers, kept=lambda r: not isinstance(r.value, str)
+    )
+    check_published(published, started, ended)
+    numeric = [r for r in published if not isinstance(r.value, str)]
 
     def complete() -> dict[tuple[str, str], dict[int, float]] | None:
         got = exported()
