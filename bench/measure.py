@@ -7,6 +7,7 @@ figures are the ones an operator's `top` would show. CPU is user+system time of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -83,3 +84,27 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
     return ordered[rank]
+
+
+def host_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole host so far, summed over all CPUs (/proc/stat).
+
+    Busy is everything but idle and iowait. Two readings bracket a window; the difference
+    tells how much of the machine was in use, including by processes nobody measured.
+    """
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    # already counted in user, so only the first eight are summed.
+    total = sum(fields[:8])
+    idle = fields[3] + fields[4]
+    return (total - idle) / _CLOCK_TICKS, total / _CLOCK_TICKS
+
+
+def group_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds used so far by several processes together; a process gone counts 0."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += cpu_seconds(pid)
+    return total

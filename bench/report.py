@@ -102,3 +102,39 @@ def _fmt(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
+
+
+def markdown_table(rows: Sequence[Row], columns: Sequence[str]) -> str:
+    """The rows of :func:`print_table` as a Markdown table (for READMEs and issues), with the
+    same ``÷ naive`` ratio row under each non-naive row that has a naive row to compare."""
+    head = ["system", "workload", *columns, "notes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    baselines = {r.workload: r for r in rows if r.system == "naive"}
+    for row in rows:
+        cells = [_fmt(row.figures.get(c)) for c in columns]
+        lines.append("| " + " | ".join([row.system, row.workload, *cells, row.notes]) + " |")
+        base = baselines.get(row.workload)
+        if row.system != "naive" and base is not None:
+            ratios = [ratio(_num(row.figures.get(c)), _num(base.figures.get(c))) for c in columns]
+            lines.append("| " + " | ".join(["÷ naive", row.workload, *ratios, ""]) + " |")
+    return "\n".join(lines)
+
+
+def load_rows(path: Path, run_id: str | None = None) -> list[Row]:
+    """Rows of one run (the last one in the file if ``run_id`` is None) from a results file."""
+    docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not docs:
+        return []
+    wanted = run_id or docs[-1]["run"]
+    fixed = {"run", "bench", "system", "workload", "notes", "host", "cpus", "python"}
+    return [
+        Row(
+            d["bench"],
+            d["system"],
+            d["workload"],
+            {k: v for k, v in d.items() if k not in fixed},
+            d.get("notes", ""),
+        )
+        for d in docs
+        if d["run"] == wanted
+    ]

@@ -23,6 +23,8 @@ from wire.topics import ID_PATTERN, UNIT_PATTERN
 
 M = TypeVar("M", bound=BaseModel)
 
+_SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _ENV_RE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -34,7 +36,9 @@ def read_document(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(source, [Problem("", f"cannot read the file: {exc.strerror}")]) from exc
     try:
-        doc = yaml.safe_load(text)
+        # libyaml's loader when PyYAML was built with it: ~4x faster and far less garbage
+        # on configs of thousands of points; the same safe subset of YAML either way.
+        doc = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

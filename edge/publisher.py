@@ -97,6 +97,9 @@ class Publisher:
         self._inflight: set[int] = set()
         #: seq → monotonic time of its last successful publish, until confirmed.
         self._sent_at: dict[int, float] = {}
+        #: Confirmed seqs whose deletion from the spool is still under way.
+        self._confirming: set[int] = set()
+        self._refusal_logged = False
         #: seq → publishes so far, until confirmed: the wait before the next one doubles.
         self._attempts: dict[int, int] = {}
         self._backlog_tokens = 0.0
@@ -350,7 +353,7 @@ class Publisher:
         assert self._spool is not None
         now = self._clock()
         timeout = self._spool_cfg.confirm_timeout
-        exclude = set(self._inflight)
+        exclude = set(self._inflight) | self._confirming
         exclude.update(e.seq for e in self._fresh)
         # A message waits confirm_timeout after its first publish, then twice as long after
         # each republish (capped at 8×): a cloud that is down for long is not flooded with
@@ -377,14 +380,23 @@ class Publisher:
         if error is None:
             self._sent_at[entry.seq] = self._clock()
             self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
+            self._refusal_logged = False
             self.stats.messages += 1
             self.stats.readings += entry.readings
             return
         self.stats.not_delivered += 1
-        if self.stats.not_delivered == 1 or (
-            isinstance(error, NotDelivered) and "PUBACK" in str(error)
-        ):
-            log.warning("message seq %d not delivered (%s); it stays spooled", entry.seq, error)
+        # Counted as an attempt: it is due again after the (growing) confirm timeout, not at
+        # once — a broker that refuses (no subscribers, not authorised) is not hammered.
+        self._sent_at[entry.seq] = self._clock()
+        self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            log.warning(
+                "message seq %d not delivered (%s); it stays spooled and is published again "
+                "later (logged once until a message is delivered)",
+                entry.seq,
+                error,
+            )
 
     def _on_confirm(self, payload: bytes) -> None:
         try:
@@ -400,6 +412,8 @@ class Publisher:
             for seq in [s for s in self._sent_at if first <= s <= last]:
                 del self._sent_at[seq]
                 self._attempts.pop(seq, None)
+                # Until the spool thread deleted it, the backlog query could still return it.
+                self._confirming.add(seq)
         if self._report is not None and any(a <= self._report[0] <= b for a, b in ranges):
             # The gap report is stored: gaps recorded since may be reported now.
             self._report = None
@@ -410,6 +424,8 @@ class Publisher:
         assert self._spool is not None
         deleted = await self._in_spool_thread(self._spool.confirm, ranges)
         self.stats.confirmed += deleted
+        for first, last in ranges:
+            self._confirming.difference_update([s for s in self._confirming if first <= s <= last])
 
     # --- caps and gaps --------------------------------------------------------------------------
 
