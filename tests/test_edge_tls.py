@@ -199,3 +199,40 @@ async def test_agent_refuses_an_untrusted_broker_and_never_falls_back_to_plain_t
     assert "the readings stay in the spool" in err
     # The broker never saw an MQTT session from the agent: no plain-TCP fallback happened.
     assert clients_connected(broker) == 0
+
+
+# paho-mqtt 2.2 does not close the socket of a failed TLS handshake before retrying (a
+# ResourceWarning from inside paho's thread); the behaviour under test is unaffected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_ingester_subscribes_over_verified_tls_and_refuses_an_unknown_ca(
+    make_service: ServiceFactory, pki: dict[str, Path], unique_id: str
+) -> None:
+    from cloud.ingester import Ingester
+    from config.cloud import CloudConfig
+
+    broker = tls_broker(make_service, pki, "good_key", "good_cert")
+
+    def config(ca: Path) -> CloudConfig:
+        return CloudConfig.model_validate(
+            {
+                "kind": "cloud",
+                "mqtt": {
+                    "host": "127.0.0.1",
+                    "port": broker.port,
+                    "client_id": f"ing-{unique_id}-{ca.stem}",
+                    "tls": {"ca_file": str(ca)},
+                },
+                "influx": {"api": "v1", "url": "http://127.0.0.1:9", "database": "unused"},
+            }
+        )
+
+    for ca, should_subscribe in ((pki["trusted"], True), (pki["unknown"], False)):
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(Ingester(config(ca)).run(stop=stop, ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), 8)
+        except TimeoutError:
+            pass
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+        assert ready.is_set() is should_subscribe, ca
