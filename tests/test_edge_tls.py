@@ -6,6 +6,7 @@ with a TLS listener."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -229,10 +230,8 @@ async def test_ingester_subscribes_over_verified_tls_and_refuses_an_unknown_ca(
     for ca, should_subscribe in ((pki["trusted"], True), (pki["unknown"], False)):
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(Ingester(config(ca)).run(stop=stop, ready=ready.set))
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ready.wait(), 8)
-        except TimeoutError:
-            pass
         stop.set()
         assert await asyncio.wait_for(task, 30) == 0
         assert ready.is_set() is should_subscribe, ca
