@@ -245,6 +245,7 @@ def measure(system: str, settings: Settings, farm: Farm, rundir: Path) -> Row:
             poll_for(settings.poll)
         w1 = time.time_ns()
         host_pct = host.pct()
+        own_cpu = host.own_cpu()
         figures = {name: sample.end() for name, sample in samples.items()}
         other_cpu = {name: group_cpu_seconds(p) - others0[name] for name, p in others.items()}
         window_s = (w1 - w0) / 1e9
@@ -285,7 +286,11 @@ def measure(system: str, settings: Settings, farm: Farm, rundir: Path) -> Row:
         "farm_cpu_pct": round(100 * other_cpu["farm"] / window_s, 1),
         "host_cpu_pct": host_pct,
         "other_cpu_pct": round(
-            max(0.0, host_pct - 100 * (sum(cpu.values()) + sum(other_cpu.values())) / window_s), 1
+            max(
+                0.0,
+                host_pct - 100 * (sum(cpu.values()) + sum(other_cpu.values()) + own_cpu) / window_s,
+            ),
+            1,
         ),
         "window_s": round(window_s, 2),
         "probe_poll_ms": round(settings.poll * 1000, 1),

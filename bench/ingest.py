@@ -321,7 +321,7 @@ def _common(
     window = time.monotonic() - landing.host.started
     services = {name: cpu - services0[name] for name, cpu in _service_cpu(stack).items()}
     influx_cpu = services.get("influxd", 0.0)
-    ours = figures.cpu_s + sum(services.values()) + publisher_cpu
+    ours = figures.cpu_s + sum(services.values()) + publisher_cpu + landing.host.own_cpu()
     stored = reader.count()
     seconds = landing.ended - started
     per_million = 1e6 / stored if stored else float("nan")
