@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -111,12 +110,7 @@ class MqttLink:
         if config.tls is not None:
             # Verified TLS (certificate and host name); a failed handshake is retried, never
             # replaced by plain TCP.
-            context = ssl.create_default_context(
-                cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-            )
-            if config.tls.cert_file is not None and config.tls.key_file is not None:
-                context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
-            client.tls_set_context(context)
+            client.tls_set_context(config.tls.ssl_context())
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

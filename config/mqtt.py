@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -23,6 +24,16 @@ class TlsSection(StrictModel):
     key_file: Path | None = Field(
         default=None, description="Private key (PEM) of cert_file, for mutual TLS."
     )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A verifying client context (certificate and host name), with the client
+        certificate loaded for mutual TLS. One place for the agent and the ingester."""
+        context = ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file else None
+        )
+        if self.cert_file is not None and self.key_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return context
 
     @model_validator(mode="after")
     def _pair(self) -> TlsSection:

@@ -88,12 +88,8 @@ class AgentSession:
         if config.username is not None:
             client.username_pw_set(config.username, config.password)
         if config.tls is not None:
-            context = ssl.create_default_context(
-                cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-            )
-            if config.tls.cert_file is not None and config.tls.key_file is not None:
-                context.load_cert_chain(str(config.tls.cert_file), str(config.tls.key_file))
-            client.tls_set_context(context)  # check_hostname stays on: no insecure mode
+            # check_hostname stays on: there is no insecure mode.
+            client.tls_set_context(config.tls.ssl_context())
         will = orjson.dumps({"state": "offline"})
         client.will_set(status_topic, will, qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
