@@ -627,11 +627,407 @@ class SimDevice(StrictModel):
         return (self.host, 0, "device:" + self.name)
 
 
+def _instrument_value_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None  # true/false is not a value a template can print sensibly
+    return _value_kind(value)
+
+
+#: What a placeholder of an instrument template shows: a constant or a waveform.
+InstrumentValue = Annotated[
+    Annotated[Number, Tag("Number")]
+    | Annotated[str, Tag("Text")]
+    | Annotated[ConstantWave, Tag("Constant")]
+    | Annotated[SineWave, Tag("Sine")]
+    | Annotated[RampWave, Tag("Ramp")]
+    | Annotated[CounterWave, Tag("Counter")]
+    | Annotated[RandomWalkWave, Tag("RandomWalk")],
+    Discriminator(
+        _instrument_value_kind,
+        custom_error_type="instrument_value",
+        custom_error_message=(
+            "expected a number, a text, or a waveform with `wave:` one of "
+            "constant, sine, ramp, counter, random_walk"
+        ),
+    ),
+]
+
+InstrumentMode = Literal["stream", "command"]
+InstrumentChecksum = Literal["none", "nmea", "sum8", "crc16-modbus", "crc16-ccitt"]
+_INSTRUMENT_FAULT_KINDS = ("garbage", "bad_checksum", "silence", "close_port")
+#: Fields only a stream / only a command instrument has.
+_STREAM_FIELDS = ("interval", "frames")
+_COMMAND_FIELDS = ("commands", "unknown_reply", "reply_delay", "line")
+#: What instruments sharing one `line` (one pty) must agree on.
+_LINE_FIELDS = ("serial_link", "baudrate", "emulate_timing", "terminator", "encoding")
+
+
+class ClosePort(StrictModel):
+    """Close the instrument's port at every N-th frame or reply, for a while."""
+
+    every: int = Field(
+        ge=1, description="Close at every N-th frame (stream) or reply (command) of the instrument."
+    )
+    down_for: Real = Field(
+        gt=0, le=3600, description="Seconds until a new pseudo-terminal appears."
+    )
+
+
+class InstrumentFault(StrictModel):
+    """One injected fault of a serial instrument: exactly one of its kinds."""
+
+    garbage: Chance | None = Field(
+        default=None,
+        description=(
+            "Write a line of noise (random bytes, then the terminator) before a frame or "
+            "reply: a probability per frame, or `always`."
+        ),
+    )
+    bad_checksum: DropRule | None = Field(
+        default=None,
+        description=(
+            "Send a frame or reply with a wrong checksum: a probability, `always`, or "
+            "`{every: N}`. Needs a `checksum` other than none."
+        ),
+    )
+    silence: Chance | None = Field(
+        default=None,
+        description=(
+            "Do not send a frame, or leave a request unanswered: a probability, or `always`."
+        ),
+    )
+    close_port: ClosePort | None = Field(
+        default=None,
+        description=(
+            "`{every: N, down_for: s}`: at every N-th frame or reply the pseudo-terminal "
+            "vanishes (and the symlink); a new one appears after s seconds."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> InstrumentFault:
+        given = [k for k in _INSTRUMENT_FAULT_KINDS if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"a fault needs one of: {', '.join(_INSTRUMENT_FAULT_KINDS)}")
+        if len(given) > 1:
+            raise ValueError(
+                f"@{given[1]}: one kind per fault; this one already has `{given[0]}`, "
+                "give the other as its own list entry"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in _INSTRUMENT_FAULT_KINDS if getattr(self, k) is not None)
+
+
+def _request_text(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError(
+            "a request is one line: leave out CR and LF (requests end at \\r, \\n or \\r\\n)"
+        )
+    return value
+
+
+class InstrumentCommand(StrictModel):
+    """A request a command-mode instrument answers, and its reply."""
+
+    request: Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_request_text)] = (
+        Field(
+            description=(
+                "The exact request text, without its terminator (requests end at \\r, \\n "
+                "or \\r\\n), e.g. `MEAS?`."
+            )
+        )
+    )
+    reply: str = Field(
+        description=(
+            "Reply template: `{name:spec}` for values, `{utc:strftime}` for the time; the "
+            "checksum and terminator are added."
+        )
+    )
+
+
+class SimInstrument(StrictModel):
+    """A serial-line instrument on a pseudo-terminal: it streams text frames or answers
+    ASCII commands (see sim/README.md, "Serial instruments")."""
+
+    name: Ident = Field(
+        description=(
+            "Unique name (also among `devices`); the key of the Python API and of the ports file."
+        )
+    )
+    mode: InstrumentMode = Field(
+        description=(
+            "`stream`: sends its `frames` every `interval`; `command`: answers the requests "
+            "in `commands`."
+        )
+    )
+    serial_link: str | None = Field(
+        default=None,
+        description=(
+            "Path of a symlink to the current pseudo-terminal; replaced if it is a symlink, "
+            "removed while the port is closed and on exit, repointed when a new pty appears."
+        ),
+    )
+    line: Ident | None = Field(
+        default=None,
+        description=(
+            "Command instruments naming the same line share one pseudo-terminal, like "
+            "devices on an RS-485 line; each answers only its own requests."
+        ),
+    )
+    interval: Real = Field(
+        default=1.0, gt=0, le=86400, description="Stream: seconds between two bursts of frames."
+    )
+    frames: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Stream: frame templates; every interval each is rendered and sent in order. "
+            "`{name:spec}` for values, `{utc:strftime}` for the time (%f: 6 digits, "
+            "%1f..%6f: that many)."
+        ),
+    )
+    commands: list[InstrumentCommand] = Field(
+        default_factory=list, description="Command: the requests answered and their replies."
+    )
+    unknown_reply: str | None = Field(
+        default=None,
+        description=(
+            "Command: reply template for a request no command matches (e.g. `ERR`); default "
+            "no answer. Not on a shared `line`."
+        ),
+    )
+    reply_delay: Real = Field(
+        default=0.0, ge=0, le=60, description="Command: seconds before a reply starts."
+    )
+    baudrate: int = Field(
+        default=9600,
+        ge=50,
+        le=4_000_000,
+        description="Line speed; only sets timing (10 bits a character, see emulate_timing).",
+    )
+    emulate_timing: bool = Field(
+        default=True,
+        description="Write each frame or reply when its last byte would arrive at `baudrate`.",
+    )
+    terminator: str = Field(
+        default="\r\n",
+        min_length=1,
+        max_length=4,
+        description='Appended to every frame and reply, e.g. `"\\r\\n"`.',
+    )
+    checksum: InstrumentChecksum = Field(
+        default="none",
+        description=(
+            "`none`, `nmea` ($body*XX), `sum8` (body*XX), `crc16-modbus` or `crc16-ccitt` "
+            "(body*XXXX): see sim/README.md for the exact framing."
+        ),
+    )
+    encoding: str = Field(
+        default="ascii", description="Text encoding of frames and requests (a Python codec)."
+    )
+    values: dict[Ident, InstrumentValue] = Field(
+        default_factory=dict,
+        description=(
+            "Placeholder name → a constant (number or text) or a waveform `{wave: ...}` as "
+            "for registers; every placeholder of the templates needs one."
+        ),
+    )
+    faults: list[InstrumentFault] = Field(
+        default_factory=list, description="Injected faults (see sim/README.md)."
+    )
+    fault_seed: int = Field(
+        default=0, description="Seed of the instrument's fault generator, for reproducible runs."
+    )
+
+    @model_validator(mode="after")
+    def _fields_fit_mode(self) -> SimInstrument:
+        given = self.model_fields_set
+        other = _COMMAND_FIELDS if self.mode == "stream" else _STREAM_FIELDS
+        for name in other:
+            if name in given:
+                owner = "command" if self.mode == "stream" else "stream"
+                raise ValueError(
+                    f"@{name}: not for mode {self.mode}: only {owner} instruments have it"
+                )
+        if self.mode == "stream" and not self.frames:
+            raise ValueError("@frames: a stream instrument needs at least one frame template")
+        if self.mode == "command" and not self.commands:
+            raise ValueError("@commands: a command instrument needs at least one {request, reply}")
+        seen: dict[str, int] = {}
+        for index, command in enumerate(self.commands):
+            first = seen.setdefault(command.request, index)
+            if first != index:
+                raise ValueError(
+                    f"@commands[{index}].request: duplicate request {command.request!r} "
+                    f"(first at commands[{first}])"
+                )
+        if self.line is not None and self.unknown_reply is not None:
+            raise ValueError(
+                "@unknown_reply: not on a shared line: every instrument there would answer "
+                "the same unknown request at once"
+            )
+        for index, fault in enumerate(self.faults):
+            if fault.bad_checksum is not None and self.checksum == "none":
+                raise ValueError(
+                    f"@faults[{index}].bad_checksum: this instrument sends no checksum "
+                    "(checksum: none); set `checksum` or remove the fault"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _templates_render(self) -> SimInstrument:
+        import codecs
+
+        # Lazy: sim imports config.sim; by the time a document is validated both are loaded.
+        from sim.instrument_frame import UTC_FIELD, TemplateError, compile_template
+
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(
+                f"@encoding: unknown encoding {self.encoding!r}; e.g. ascii, latin-1, utf-8"
+            ) from None
+        if UTC_FIELD in self.values:
+            raise ValueError(
+                f"@values.{UTC_FIELD}: `utc` is the emission time; give the value another name"
+            )
+        samples = {name: _sample(value) for name, value in self.values.items()}
+        used: set[str] = set()
+        for where, text in self.templates():
+            try:
+                template = compile_template(text)
+            except TemplateError as exc:
+                raise ValueError(f"@{where}: {exc}") from None
+            for name in template.names:
+                if name not in samples:
+                    known = ", ".join(sorted(samples)) or "none"
+                    raise ValueError(
+                        f"@{where}: placeholder {{{name}}} has no entry in values "
+                        f"(values given: {known})"
+                    )
+            used.update(template.names)
+            if self.checksum == "nmea" and ("$" in text or "*" in text):
+                raise ValueError(
+                    f"@{where}: leave out `$` and `*`: with checksum nmea the simulator "
+                    "writes $ + body + * + checksum"
+                )
+            try:
+                body = template.check(samples)
+            except TemplateError as exc:
+                raise ValueError(f"@{where}: {exc}") from None
+            try:
+                body.encode(self.encoding)
+                self.terminator.encode(self.encoding)
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"@{where}: {body[exc.start : exc.end]!r} cannot be encoded as "
+                    f"{self.encoding}; set `encoding`"
+                ) from None
+        for name in self.values:
+            if name not in used:
+                raise ValueError(
+                    f"@values.{name}: not used by any frame or reply; remove it or write "
+                    f"{{{name}}} into a template"
+                )
+        return self
+
+    def templates(self) -> list[tuple[str, str]]:
+        """(field path, template text) of every frame and reply."""
+        out = [(f"frames[{i}]", text) for i, text in enumerate(self.frames)]
+        out += [(f"commands[{i}].reply", c.reply) for i, c in enumerate(self.commands)]
+        if self.unknown_reply is not None:
+            out.append(("unknown_reply", self.unknown_reply))
+        return out
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes (8N1: 10 bits)."""
+        return 10 / self.baudrate
+
+    def line_key(self) -> str:
+        """Instruments with equal keys share one pseudo-terminal."""
+        return f"line:{self.line}" if self.line is not None else f"instrument:{self.name}"
+
+
+def _sample(value: Number | str | Wave) -> int | float | str:
+    """A value of the type the placeholder will show, to try its format spec on."""
+    if isinstance(value, ConstantWave):
+        return value.value
+    if isinstance(value, CounterWave):
+        return value.start
+    if isinstance(value, SineWave):
+        return value.offset
+    if isinstance(value, RampWave | RandomWalkWave):
+        return value.start
+    return value
+
+
 class SimConfig(StrictModel):
-    """A simulated plant: Modbus devices served by ``fieldlink sim run``."""
+    """A simulated plant: Modbus devices and serial instruments served by
+    ``fieldlink sim run``; at least one of the two lists."""
 
     kind: Literal["sim"] = Field(description="Must be `sim` for a simulator config.")
-    devices: list[SimDevice] = Field(min_length=1, description="The simulated devices.")
+    devices: list[SimDevice] = Field(
+        default_factory=list, min_length=1, description="The simulated Modbus devices."
+    )
+    instruments: list[SimInstrument] = Field(
+        default_factory=list,
+        min_length=1,
+        description=(
+            "Simulated serial-line instruments (streaming or command/response) on "
+            "pseudo-terminals; see sim/README.md."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> SimConfig:
+        if not self.devices and not self.instruments:
+            raise ValueError(
+                "nothing to serve: give `devices` (Modbus devices), `instruments` (serial "
+                "instruments), or both"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _instruments_distinct(self) -> SimConfig:
+        names = {d.name: f"devices[{i}]" for i, d in enumerate(self.devices)}
+        links = {
+            d.serial_link: f"devices[{i}]"
+            for i, d in enumerate(self.devices)
+            if d.serial_link is not None
+        }
+        lines: dict[str, int] = {}
+        requests: dict[tuple[str, str], int] = {}
+        for index, inst in enumerate(self.instruments):
+            where = f"instruments[{index}]"
+            first_name = names.setdefault(inst.name, where)
+            if first_name != where:
+                raise ValueError(
+                    f"@{where}.name: duplicate name {inst.name!r} (first at {first_name}); "
+                    "devices and instruments share one name space"
+                )
+            key = inst.line_key()
+            first = lines.setdefault(key, index)
+            if first != index:
+                _same_instrument_line(index, inst, first, self.instruments[first])
+            elif inst.serial_link is not None:
+                owner = links.setdefault(inst.serial_link, where)
+                if owner != where:
+                    raise ValueError(
+                        f"@{where}.serial_link: {inst.serial_link} is already the link of "
+                        f"{owner}; each pseudo-terminal needs its own"
+                    )
+            for number, command in enumerate(inst.commands):
+                other = requests.setdefault((key, command.request), index)
+                if other != index:
+                    raise ValueError(
+                        f"@{where}.commands[{number}].request: {command.request!r} is already "
+                        f"answered by instruments[{other}] ({self.instruments[other].name}) on "
+                        f"line {inst.line!r}; both would reply at once"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _devices_distinct(self) -> SimConfig:
@@ -685,6 +1081,19 @@ def _same_line(index: int, device: SimDevice, first: int, other: SimDevice) -> N
         f"({other.name}), which has {field} {getattr(other, field)!r}; devices on one "
         "listener or line must agree"
     )
+
+
+def _same_instrument_line(
+    index: int, inst: SimInstrument, first: int, other: SimInstrument
+) -> None:
+    """Instruments sharing a line must agree on how the line is served."""
+    for field in _LINE_FIELDS:
+        if getattr(inst, field) != getattr(other, field):
+            raise ValueError(
+                f"@instruments[{index}].{field}: line {inst.line!r} is shared with "
+                f"instruments[{first}] ({other.name}), which has {field} "
+                f"{getattr(other, field)!r}; instruments on one line must agree"
+            )
 
 
 def _where(device: SimDevice) -> str:

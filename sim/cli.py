@@ -1,4 +1,5 @@
-"""``fieldlink sim run SIM.yaml [--ports-file PATH]``: serve a simulated plant until stopped."""
+"""``fieldlink sim run SIM.yaml [--ports-file PATH]``: serve a simulated plant (Modbus devices
+and serial instruments) until stopped."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.sim import SimConfig, load_sim_config
+from sim.instruments import InstrumentRack
 from sim.server import SimPlant, SimStartError, format_endpoint
 
 
@@ -22,10 +24,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``sim`` command (with its ``run`` subcommand) to a CLI."""
     sim = subparsers.add_parser(
         "sim",
-        help="simulated Modbus devices (TCP, RTU over TCP, RTU/ASCII on a pseudo-terminal)",
+        help=(
+            "simulated Modbus devices (TCP, RTU over TCP, RTU/ASCII on a pseudo-terminal) and "
+            "serial instruments"
+        ),
         description=(
             "Simulated Modbus devices, for tests, demos and benchmarks: Modbus TCP, RTU over "
-            "TCP, and RTU or ASCII on a pseudo-terminal."
+            "TCP, and RTU or ASCII on a pseudo-terminal; and serial-line instruments (text "
+            "streams and ASCII commands) on pseudo-terminals."
         ),
     )
     actions = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
@@ -33,9 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run",
         help="serve the devices of a sim config until SIGINT/SIGTERM",
         description=(
-            "Serve the devices of a sim config until SIGINT or SIGTERM. Prints one line per "
-            "device with its real port (port 0 in the config picks a free one) or, for a "
-            "serial device, the pseudo-terminal to open."
+            "Serve the devices and instruments of a sim config until SIGINT or SIGTERM. "
+            "Prints one line per device with its real port (port 0 in the config picks a free "
+            "one) or, for a serial device or an instrument, the pseudo-terminal to open."
         ),
     )
     run.add_argument("config", type=Path, metavar="SIM.yaml", help="simulator config (kind: sim)")
@@ -45,8 +51,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PATH",
         help=(
             'write {"device": {"host": ..., "port": ..., "unit_id": ..., "transport": ...}} '
-            '(serial devices: "serial_port" instead of host and port) here once every port '
-            "is bound (atomically: a reader sees the whole file or none); removed on exit"
+            '(serial devices: "serial_port" instead of host and port; instruments: '
+            '"serial_port", "transport": "instrument", "mode") here once every port is bound '
+            "(atomically: a reader sees the whole file or none); rewritten when an "
+            "instrument's pseudo-terminal is re-created; removed on exit"
         ),
     )
     run.set_defaults(handler=run_command)
@@ -81,12 +89,22 @@ async def serve(config: SimConfig, ports_file: Path | None = None) -> None:
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    plant = SimPlant(config)
+
+    def rack_changed() -> None:
+        # An instrument's pty was re-created: the file must name the new one.
+        if ports_file is not None:
+            write_ports_file(ports_file, {}, {**plant.describe(), **rack.describe()})
+
+    rack = InstrumentRack(config, on_reopen=rack_changed)
     try:
-        async with SimPlant(config) as plant:
-            for line in announce(config, plant):
+        async with plant, rack:
+            for line in announce(config, plant) + announce_instruments(config, rack):
                 print(line, flush=True)
             if ports_file is not None:
-                write_ports_file(ports_file, plant.endpoints(), plant.describe())
+                write_ports_file(
+                    ports_file, plant.endpoints(), {**plant.describe(), **rack.describe()}
+                )
             await stop.wait()
     finally:
         for sig in signals:
@@ -110,6 +128,17 @@ def announce(config: SimConfig, plant: SimPlant) -> list[str]:
             link = f", link {end.link}" if end.link else ""
             where = f"{end.path} ({device.transport} {settings}{link})"
         lines.append(f"sim: {device.name} unit {unit} on {where}")
+    return lines
+
+
+def announce_instruments(config: SimConfig, rack: InstrumentRack) -> list[str]:
+    """One line per instrument, in config order: its pseudo-terminal and line settings."""
+    lines = []
+    for inst in config.instruments:
+        settings = f"{inst.baudrate} baud, {inst.checksum}"
+        if inst.serial_link is not None:
+            settings += f", link {inst.serial_link}"
+        lines.append(f"sim: {inst.name} {inst.mode} on {rack.path(inst.name)} ({settings})")
     return lines
 
 

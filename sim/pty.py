@@ -8,6 +8,9 @@ its own slave descriptor open so the line survives the agent closing and reopeni
 
 Baud rate, parity and stop bits set on a pty are accepted and ignored by the kernel; the line
 server emulates the time characters take (see ``line.py``).
+
+What the agent writes goes to a :class:`Receiver`: the Modbus :class:`~sim.line.LineServer`, or
+the request reader of a serial instrument (``instruments.py``).
 """
 
 from __future__ import annotations
@@ -15,26 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import struct
+import termios
 import tty
 from pathlib import Path
+from typing import Protocol
 
-from sim.line import LineServer
+
+class Receiver(Protocol):
+    """Takes the bytes the agent writes to the line."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class PtyLine:
-    """One pseudo-terminal serving one :class:`LineServer`; created by :func:`open_pty`."""
+    """One pseudo-terminal feeding one :class:`Receiver`; created by :func:`open_pty`."""
 
     def __init__(self, master: int, slave: int, link: Path | None) -> None:
         self._master = master
         self._slave = slave
         self._link = link
         self._pending = b""
-        self._server: LineServer | None = None
+        self._server: Receiver | None = None
         self._loop = asyncio.get_running_loop()
         self.path = os.ttyname(slave)
 
-    def attach(self, server: LineServer) -> None:
+    def attach(self, server: Receiver) -> None:
         """Start reading: bytes from the agent go to ``server``."""
         self._server = server
         self._loop.add_reader(self._master, self._readable)
@@ -53,6 +66,25 @@ class PtyLine:
         if sent < len(data):
             self._pending = data[sent:]
             self._loop.add_writer(self._master, self._writable)
+
+    def unread(self) -> int:
+        """Bytes sent that the agent has not read yet (in the tty or still buffered here)."""
+        if self._slave < 0:
+            return 0
+        raw = fcntl.ioctl(self._slave, termios.FIONREAD, b"\0\0\0\0")
+        waiting: int = struct.unpack("i", raw)[0]
+        return waiting + len(self._pending)
+
+    def discard_unread(self) -> int:
+        """Drop what the agent has not read (as a closed serial port loses what arrives);
+        returns how many bytes were dropped."""
+        dropped = self.unread()
+        if self._slave >= 0:
+            termios.tcflush(self._slave, termios.TCIFLUSH)
+        if self._pending:
+            self._pending = b""
+            self._loop.remove_writer(self._master)
+        return dropped
 
     def _writable(self) -> None:
         try:
