@@ -34,6 +34,18 @@ class Reply(NamedTuple):
     corrupt: bool = False
 
 
+def strikes(seen: int, how: object, rng: random.Random) -> bool:
+    """Whether a fault rule fires on the ``seen``-th thing it matched (1-based): ``always``,
+    every N-th (``EveryN``), or with a probability drawn from ``rng`` (drawn only then, so
+    seeded runs stay reproducible when other rules change)."""
+    if how == "always":
+        return True
+    if isinstance(how, EveryN):
+        return seen % how.every == 0
+    assert isinstance(how, float | int)
+    return how > 0 and rng.random() < how
+
+
 class _Rule:
     __slots__ = ("count", "fault", "first", "last", "table")
 
@@ -81,12 +93,7 @@ class FaultyUnit:
 
     def _strikes(self, rule: _Rule, how: object) -> bool:
         rule.count += 1
-        if how == "always":
-            return True
-        if isinstance(how, EveryN):
-            return rule.count % how.every == 0
-        assert isinstance(how, float | int)
-        return how > 0 and self._rng.random() < how
+        return strikes(rule.count, how, self._rng)
 
     def __call__(self, pdu: bytes) -> Reply:
         self.requests += 1

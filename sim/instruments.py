@@ -35,6 +35,7 @@ from config.sim import (
     SimConfig,
     SimInstrument,
 )
+from sim.faults import strikes
 from sim.instrument_frame import Template, Value, compile_template, encode_frame
 from sim.pty import PtyLine, open_pty
 from sim.server import SimStartError
@@ -119,15 +120,9 @@ class _Rule:
 
 
 def _strikes(rule: _Rule, how: float | str | EveryN, rng: random.Random) -> bool:
-    """Whether a fault strikes this frame: the same rules as the Modbus sim's faults
-    (probabilities drawn only when not `always`; `every` counts what the rule has seen)."""
+    """Whether a fault strikes this frame, by the Modbus sim's rules (`sim.faults.strikes`)."""
     rule.count += 1
-    if how == "always":
-        return True
-    if isinstance(how, EveryN):
-        return rule.count % how.every == 0
-    assert isinstance(how, float | int)
-    return how > 0 and rng.random() < how
+    return strikes(rule.count, how, rng)
 
 
 class _Requests:
