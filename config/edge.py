@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import orjson
-from pydantic import Field, create_model
+from pydantic import Field, create_model, model_validator
 
 from config.base import Ident, StrictModel
 from config.device import BusBase, DeviceBase
@@ -53,6 +53,31 @@ class MqttSection(BrokerSection):
             "broker's Receive Maximum."
         ),
     )
+    reconnect_initial: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds before the first reconnect attempt after the broker went away or "
+            "refused the connection; doubles with every failed attempt up to reconnect_max. "
+            "Each wait is drawn at random between half and all of it (jitter), so many "
+            "agents do not reconnect in step."
+        ),
+    )
+    reconnect_max: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Cap of the reconnect wait in seconds (see reconnect_initial).",
+    )
+
+    @model_validator(mode="after")
+    def _reconnect_order(self) -> MqttSection:
+        if self.reconnect_max < self.reconnect_initial:
+            raise ValueError(
+                f"@reconnect_max: must be at least reconnect_initial ({self.reconnect_initial:g} s)"
+            )
+        return self
 
 
 class PublishSection(StrictModel):

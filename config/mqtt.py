@@ -28,9 +28,7 @@ class TlsSection(StrictModel):
     def ssl_context(self) -> ssl.SSLContext:
         """A verifying client context (certificate and host name), with the client
         certificate loaded for mutual TLS. One place for the agent and the ingester."""
-        context = ssl.create_default_context(
-            cafile=str(self.ca_file) if self.ca_file else None
-        )
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
         if self.cert_file is not None and self.key_file is not None:
             context.load_cert_chain(str(self.cert_file), str(self.key_file))
         return context

@@ -25,7 +25,6 @@ The path of a batch:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -33,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,7 +51,7 @@ T = TypeVar("T")
 #: Spooled messages kept in memory for the live path; older ones are read back from the spool.
 LIVE_WINDOW = 64
 #: Seconds between two checks of the spool's caps while nothing is appended (they are also
-#: checked after every append), and between two warnings about cap drops.
+#: applied in every append), and between two warnings about cap drops.
 CAPS_INTERVAL = 5.0
 
 
@@ -67,6 +66,9 @@ class PublishStats:
     republished: int = 0
     not_delivered: int = 0
     confirmed: int = 0
+    #: Publishes the broker refused in its PUBACK, by reason code (0x87 not authorised,
+    #: 0x10 no matching subscribers, 0x97 quota exceeded).
+    refused: dict[int, int] = field(default_factory=dict)
 
 
 def default_spool_path(site: str, agent: str) -> Path:
@@ -99,22 +101,17 @@ class Publisher:
         self._sent_at: dict[int, float] = {}
         #: Confirmed seqs whose deletion from the spool is still under way.
         self._confirming: set[int] = set()
-        self._refusal_logged = False
+        #: Causes of not-delivered publishes logged since the last delivery (PUBACK code,
+        #: None for a lost connection): each is logged once until a message is delivered.
+        self._refusals_logged: set[int | None] = set()
+        #: Seqs the broker refused since the last delivery: due again at once when the
+        #: broker accepts a message again (its ACL was fixed, an ingester subscribed).
+        self._refused: set[int] = set()
         #: seq → publishes so far, until confirmed: the wait before the next one doubles.
         self._attempts: dict[int, int] = {}
         self._backlog_tokens = 0.0
         self._backlog_refill_at = clock()
         self._spool: Spool | None = None
-        #: Whether the spool may hold unreported gaps (at start, and after a cap dropped).
-        self._gaps_possible = True
-        # Fix (issue 4): a gap reported in a message that the caps dropped in turn (before it
-        # was confirmed) was forgotten: the spool deletes a gap when the reporting message is
-        # appended. So one report is outstanding at a time, remembered until confirmed, and
-        # made again (merged with the loss that took it) if the caps drop it.
-        #: (seq, gaps) of the outstanding gap report, until confirmed.
-        self._report: tuple[int, list[Gap]] | None = None
-        #: Gaps of an outstanding report that the caps dropped: reported again.
-        self._lost_report: list[Gap] = []
         #: Cap drops not logged yet (logged at most once per CAPS_INTERVAL), and when last.
         self._drops_unlogged: Dropped | None = None
         self._drops_logged_at = float("-inf")
@@ -198,6 +195,14 @@ class Publisher:
                 tasks.create_task(self._sender(), name="mqtt-sender")
                 tasks.create_task(self._caps(), name="spool-caps")
         finally:
+            if self.stats.refused:
+                codes = sorted(self.stats.refused.items())
+                log.warning(
+                    "the broker refused %d publish(es) in this run (%s); none was deleted "
+                    "from the spool",
+                    sum(self.stats.refused.values()),
+                    ", ".join(f"PUBACK {c:#04x}: {n}" for c, n in codes),
+                )
             await self._session.close()
             await self._in_spool_thread(self._spool.close)
             self._spool_thread.shutdown(wait=False)
@@ -231,36 +236,28 @@ class Publisher:
             batch, count = self._take_batch()
             if not batch:
                 continue
-            # One gap report outstanding at a time (see __init__).
-            reporting = self._report is None
-            fetch = reporting and self._gaps_possible
-            if fetch:
-                self._gaps_possible = False
-            lost = self._lost_report if reporting else []
-            entry, report, dropped = await self._in_spool_thread(
-                functools.partial(self._append, spool, batch, count, lost, fetch)
+            entry, dropped = await self._in_spool_thread(
+                functools.partial(self._append, spool, batch, count)
             )
-            if report:
-                self._report, self._lost_report = (entry.seq, report), []
             if dropped is not None:
                 self._note_drop(dropped)
             if dropped is None or entry.seq > dropped.last_seq:
                 self._fresh.append(entry)
             self._send_wakeup.set()
 
-    def _append(
-        self, spool: Spool, batch: list[Group], count: int, lost: list[Gap], fetch: bool
-    ) -> tuple[Entry, list[Gap], Dropped | None]:
-        """In the spool thread: add the gap records (the spool's unreported gaps if ``fetch``,
-        merged with a ``lost`` report), encode with the next seq and commit; then enforce the
-        caps. Returns the entry, the gaps it reports and what the caps dropped.
+    def _append(self, spool: Spool, batch: list[Group], count: int) -> tuple[Entry, Dropped | None]:
+        """In the spool thread: add the records of the spool's unreported gaps when a report
+        is due (:attr:`Spool.report_due`: one report outstanding at a time, an in-memory
+        check), encode with the next seq and commit, with the caps enforced in the same
+        transaction. Returns the entry and what the caps dropped.
 
-        Reading the gaps in the same call as the append (fix, issue 4): a cap drop run between
-        the two (the periodic check) merged into a gap that the append then deleted as
-        reported, and that loss went unreported."""
-        gaps = spool.gaps() if fetch else []
-        report = _merge_gaps([*lost, *gaps])
-        records = self._gap_records(report)
+        The spool keeps a reported gap until the report's message is confirmed, and lists it
+        again if the caps drop that message first, in the same transactions: a gap report
+        survives a restart of the agent (issue 4; it used to be kept in memory). Reading the
+        gaps in the same call as the append: a cap drop run between the two (the periodic
+        check) would merge into a gap the append then marks as reported."""
+        gaps = spool.gaps() if spool.report_due else []
+        records = self._gap_records(gaps)
         count += sum(len(g.points) for g in records)
         site, agent, epoch = self._site, self._agent, spool.epoch
         groups = [*batch, *records]
@@ -268,12 +265,11 @@ class Publisher:
         def payload_for(seq: int) -> bytes:
             return encode_groups(site, agent, groups, seq, epoch)
 
-        entry = spool.append(payload_for, count, reported_gaps=[g.id for g in gaps])
-        # Fix (issue 4): the caps are enforced after every append, as Spool.enforce_caps asks
-        # (an in-memory check unless a cap is exceeded). Checked only every CAPS_INTERVAL, the
-        # spool outgrew max_bytes by up to CAPS_INTERVAL seconds of messages (3x a 64 KiB cap
-        # at 1,000 readings/s).
-        return entry, report, spool.enforce_caps()
+        # The caps are enforced in the append's own transaction (an in-memory check unless a
+        # cap is exceeded): no commit leaves the spool above max_bytes, not even between an
+        # append and its drop (issue 4; checked only every CAPS_INTERVAL, the spool once
+        # outgrew a 64 KiB cap 3x at 1,000 readings/s).
+        return spool.append_within_caps(payload_for, count, reported_gaps=[g.id for g in gaps])
 
     def _take_batch(self) -> tuple[list[Group], int]:
         batch: list[Group] = []
@@ -380,22 +376,42 @@ class Publisher:
         if error is None:
             self._sent_at[entry.seq] = self._clock()
             self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
-            self._refusal_logged = False
             self.stats.messages += 1
             self.stats.readings += entry.readings
+            if self._refused or self._refusals_logged:
+                self._accepted_again()
             return
         self.stats.not_delivered += 1
         # Counted as an attempt: it is due again after the (growing) confirm timeout, not at
         # once — a broker that refuses (no subscribers, not authorised) is not hammered.
         self._sent_at[entry.seq] = self._clock()
         self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
-        if not self._refusal_logged:
-            self._refusal_logged = True
-            log.warning(
-                "message seq %d not delivered (%s); it stays spooled and is published again "
-                "later (logged once until a message is delivered)",
+        code = error.code if isinstance(error, NotDelivered) else None
+        if code is not None:
+            self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
+            self._refused.add(entry.seq)
+        if code not in self._refusals_logged:
+            self._refusals_logged.add(code)
+            log.log(
+                logging.ERROR if code is not None and code >= 0x80 else logging.WARNING,
+                "message seq %d not delivered: %s; it stays spooled and is published again "
+                "later (logged once per cause until a message is delivered)",
                 entry.seq,
                 error,
+            )
+
+    def _accepted_again(self) -> None:
+        """The broker took a message after refusing others: what it refused is due again
+        now (not after its grown confirm timeout), at the backlog rate."""
+        refused = len(self._refused)
+        for seq in self._refused:
+            self._sent_at.pop(seq, None)
+        self._refused.clear()
+        self._refusals_logged.clear()
+        if refused:
+            log.info(
+                "the broker accepts messages again; the %d message(s) it refused go out again now",
+                refused,
             )
 
     def _on_confirm(self, payload: bytes) -> None:
@@ -414,10 +430,6 @@ class Publisher:
                 self._attempts.pop(seq, None)
                 # Until the spool thread deleted it, the backlog query could still return it.
                 self._confirming.add(seq)
-        if self._report is not None and any(a <= self._report[0] <= b for a, b in ranges):
-            # The gap report is stored: gaps recorded since may be reported now.
-            self._report = None
-            self._gaps_possible = True
         asyncio.get_running_loop().create_task(self._confirm(ranges))
 
     async def _confirm(self, ranges: list[tuple[int, int]]) -> None:
@@ -451,10 +463,7 @@ class Publisher:
         if self._fresh and self._fresh[0].seq <= dropped.last_seq:
             kept = (e for e in self._fresh if e.seq > dropped.last_seq)
             self._fresh = deque(kept, maxlen=LIVE_WINDOW)
-        if self._report is not None and dropped.first_seq <= self._report[0] <= dropped.last_seq:
-            self._lost_report, self._report = self._report[1], None
         # The spool recorded the loss as a gap; the next batch reports it.
-        self._gaps_possible = True
         self._batch_wakeup.set()
         if not self._buffer:
             self._oldest_at = self._clock()
@@ -488,8 +497,11 @@ class Publisher:
 
     def _gap_records(self, gaps: list[Gap]) -> list[Group]:
         """A gap as readings of the agent's own points, so the loss shows in InfluxDB next to
-        the data: ``spool_gap`` (bad, with the reason) at the time of the last lost message,
-        and the counts when they are known."""
+        the data: ``spool_gap`` (bad, with the reason) and the counts when they are known, at
+        the append time of the *first* lost message (a ``host_restart`` gap: when it was
+        noted). That time is stable: a gap reported again after its report was dropped has
+        absorbed the later losses but kept its first message, so its new record overwrites
+        the old one in InfluxDB (same series and time) instead of counting it twice."""
         records = []
         for gap in gaps:
             if gap.messages is None:
@@ -508,32 +520,9 @@ class Publisher:
             if gap.readings is not None:
                 points.append({"p": "spool_dropped_readings", "v": gap.readings})
                 points.append({"p": "spool_dropped_messages", "v": gap.messages})
-            records.append(Group(self._agent, self._agent, gap.to_ns or time.time_ns(), points))
+            at = gap.from_ns if gap.from_ns is not None else gap.noted_ns
+            records.append(Group(self._agent, self._agent, at or time.time_ns(), points))
         return records
-
-
-def _merge_gaps(gaps: list[Gap]) -> list[Gap]:
-    """One gap per cause: a report made again and the drops recorded since are one loss of
-    consecutive seqs (issue 4). Gaps without counts (host_restart) are kept as they are."""
-    counted: dict[str, Gap] = {}
-    out: list[Gap] = []
-    for gap in gaps:
-        prev = counted.get(gap.cause)
-        if gap.messages is None:
-            out.append(gap)
-        elif prev is None:
-            counted[gap.cause] = gap
-        else:
-            counted[gap.cause] = dataclasses.replace(
-                prev,
-                first_seq=min(prev.first_seq, gap.first_seq),
-                last_seq=max(prev.last_seq, gap.last_seq),
-                messages=(prev.messages or 0) + gap.messages,
-                readings=(prev.readings or 0) + (gap.readings or 0),
-                from_ns=min(t for t in (prev.from_ns, gap.from_ns) if t is not None),
-                to_ns=max(t for t in (prev.to_ns, gap.to_ns) if t is not None),
-            )
-    return out + list(counted.values())
 
 
 class BrokerUnreachable(Exception):

@@ -11,10 +11,13 @@ One row per *message* (never per reading), keyed by a per-agent sequence number:
   append, so a seq is never reused after a process crash, even once every entry was
   confirmed), ``seq_ceiling`` (a durable bound, see below), the clean-shutdown flag and the
   host boot id of the last open;
-* ``gaps`` — losses not yet reported to the cloud: prefixes dropped by the caps, and seqs
-  that may have been handed out before the host lost power. Written in the same transaction
-  as the loss, removed in the same transaction as the append of the message reporting them,
-  so a loss is never forgotten, whatever crashes in between.
+* ``gaps`` — losses not confirmed reported to the cloud: prefixes dropped by the caps, and
+  seqs that may have been handed out before the host lost power. Written in the same
+  transaction as the loss; marked with the seq of the message reporting them in the same
+  transaction as its append (``report_seq``); deleted in the same transaction as that
+  message's confirmation; unmarked again in the same transaction as a cap drop of that
+  message before its confirmation (so it is reported again). A loss is never forgotten,
+  whatever crashes in between, until the cloud confirmed storing its report.
 
 Durability: WAL journal, ``synchronous=NORMAL``. Every committed transaction survives a
 crash of the process (SIGKILL, OOM, segfault); a power loss or kernel crash may roll back
@@ -39,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +53,15 @@ log = logging.getLogger("fieldlink.edge.spool")
 #: ``PRAGMA application_id`` of a spool file ("FLSP"): tells our files from other SQLite files.
 APPLICATION_ID = 0x464C5350
 #: ``PRAGMA user_version``: the layout of the tables below.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this code reads and upgrades in place at open (one transaction): 1 had no
+#: ``gaps.report_seq``/``gaps.noted_ns`` (a gap was deleted when its report was appended).
+_UPGRADES = {
+    1: (
+        "ALTER TABLE gaps ADD COLUMN report_seq INTEGER",
+        "ALTER TABLE gaps ADD COLUMN noted_ns INTEGER",
+    ),
+}
 #: The first sequence number of a new spool; 0 is never used, so a watermark of 0 means
 #: "nothing confirmed yet".
 FIRST_SEQ = 1
@@ -106,7 +117,9 @@ _SCHEMA = (
         messages INTEGER,
         readings INTEGER,
         from_ns INTEGER,
-        to_ns INTEGER
+        to_ns INTEGER,
+        report_seq INTEGER,
+        noted_ns INTEGER
     )""",
 )
 
@@ -132,19 +145,30 @@ _HEAD = "SELECT created_ns FROM entries ORDER BY seq LIMIT 1"
 _CAP_SCAN = "SELECT seq, created_ns, readings, size FROM entries ORDER BY seq"
 _DROP = "DELETE FROM entries WHERE seq <= ?"
 _DROP_ATTEMPTS = "DELETE FROM attempts WHERE seq <= ?"
-_LAST_GAP = "SELECT id FROM gaps WHERE cause = ? ORDER BY id DESC LIMIT 1"
-_MERGE_GAP = (
-    "UPDATE gaps SET last_seq = ?, messages = messages + ?, readings = readings + ?, "
-    "to_ns = max(to_ns, ?), from_ns = min(from_ns, ?) WHERE id = ?"
+# Unreported gaps of one cause, oldest first: merged into the first (see enforce_caps).
+_UNREPORTED_OF = (
+    "SELECT id, first_seq, last_seq, messages, readings, from_ns, to_ns FROM gaps "
+    "WHERE cause = ? AND report_seq IS NULL ORDER BY id"
+)
+_SET_GAP = (
+    "UPDATE gaps SET first_seq = ?, last_seq = ?, messages = ?, readings = ?, from_ns = ?, "
+    "to_ns = ? WHERE id = ?"
 )
 _ADD_GAP = (
-    "INSERT INTO gaps (cause, first_seq, last_seq, messages, readings, from_ns, to_ns) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO gaps (cause, first_seq, last_seq, messages, readings, from_ns, to_ns, "
+    "noted_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE_GAP = "DELETE FROM gaps WHERE id = ?"
+_MARK_REPORTED = "UPDATE gaps SET report_seq = ? WHERE id = ? AND report_seq IS NULL"
+_UNMARK_DROPPED = "UPDATE gaps SET report_seq = NULL WHERE report_seq <= ?"
+_CONFIRM_GAPS = "DELETE FROM gaps WHERE report_seq BETWEEN ? AND ?"
+_GAP_COUNTS = (
+    "SELECT coalesce(sum(report_seq IS NULL), 0), coalesce(sum(report_seq IS NOT NULL), 0) "
+    "FROM gaps"
+)
 _GAPS = (
-    "SELECT id, cause, first_seq, last_seq, messages, readings, from_ns, to_ns "
-    "FROM gaps ORDER BY id"
+    "SELECT id, cause, first_seq, last_seq, messages, readings, from_ns, to_ns, noted_ns "
+    "FROM gaps WHERE report_seq IS NULL ORDER BY id"
 )
 
 
@@ -178,7 +202,7 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Dropped:
-    """What one :meth:`Spool.enforce_caps` call removed: a prefix of the spool, oldest first.
+    """What one cap enforcement removed: a prefix of the spool, oldest first.
     Seqs in ``first_seq..last_seq`` that were not in the spool any more (confirmed earlier)
     are not counted."""
 
@@ -207,6 +231,9 @@ class Gap:
     readings: int | None
     from_ns: int | None
     to_ns: int | None
+    #: When the loss was recorded (wall clock, ns): a stable time for a report of a
+    #: ``host_restart`` gap, which has no ``from_ns``. Not compared.
+    noted_ns: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +283,28 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@dataclass
+class _DropPlan:
+    """What a cap drop removes: per cause [first, last, messages, readings, from_ns,
+    to_ns], and the payload bytes that remain."""
+
+    drops: dict[GapCause, list[int]]
+    remaining: int
+
+    @property
+    def last_seq(self) -> int:
+        return max(d[1] for d in self.drops.values())
+
+    def dropped(self) -> Dropped:
+        parts = self.drops.values()
+        return Dropped(
+            min(d[0] for d in parts),
+            self.last_seq,
+            sum(d[2] for d in parts),
+            sum(d[3] for d in parts),
+        )
 
 
 class _Unusable(Exception):
@@ -315,6 +364,9 @@ class Spool:
         self._next = FIRST_SEQ
         self._ceiling = FIRST_SEQ
         self._entries = self._readings = self._bytes = 0
+        #: Gaps not in any message yet, and gaps in a message not yet confirmed (their
+        #: report is outstanding); kept in step with the table so reads cost nothing.
+        self._gaps_unreported = self._gaps_outstanding = 0
         #: Append time of the oldest entry, when known (the age cap's cheap check).
         self._head_ns: int | None = None
         self._head_known = False
@@ -335,8 +387,9 @@ class Spool:
         """Open the spool at ``path``, creating it (and its directory) if absent.
 
         ``max_bytes`` bounds the payload bytes held and ``max_age_s`` (``None``: no bound)
-        the age of the oldest entry; both are enforced by :meth:`enforce_caps`. ``clock_ns``
-        is the wall clock stamped on entries. ``seq_block`` seqs are reserved per fsync.
+        the age of the oldest entry; both are enforced by :meth:`enforce_caps` and
+        :meth:`append_within_caps`. ``clock_ns`` is the wall clock stamped on entries.
+        ``seq_block`` seqs are reserved per fsync.
         ``lock_timeout_s``: how long to wait for another process holding the file.
         ``host_boot_id`` overrides :func:`read_host_boot_id` (tests simulate reboots).
 
@@ -401,7 +454,9 @@ class Spool:
                     (next_seq, self._ceiling, host),
                 )
                 if host_gap is not None:
-                    conn.execute(_ADD_GAP, ("host_restart", *host_gap, None, None, None, None))
+                    conn.execute(
+                        _ADD_GAP, ("host_restart", *host_gap, None, None, None, None, clock_ns())
+                    )
             count, readings, size = conn.execute(
                 "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(size), 0) FROM entries"
             ).fetchone()
@@ -411,6 +466,7 @@ class Spool:
         self._entries = int(count)
         self._readings = int(readings)
         self._bytes = int(size)
+        self._count_gaps()
         if host_gap is not None:
             log.warning(
                 "spool %s: the host restarted while the agent was running (power loss?); the "
@@ -436,6 +492,14 @@ class Spool:
     def closed(self) -> bool:
         return self._conn is None
 
+    @property
+    def report_due(self) -> bool:
+        """Whether there are unreported gaps (:meth:`gaps`) to report now: some exist and no
+        earlier report is outstanding (appended, neither confirmed nor dropped). One report
+        at a time keeps successive losses merged into one gap while a report travels (a
+        long outage yields one record, not one per message). In memory: no I/O."""
+        return self._gaps_unreported > 0 and self._gaps_outstanding == 0
+
     # ------------------------------------------------------------------------ operations
     def append(
         self,
@@ -449,13 +513,41 @@ class Spool:
         ``payload_for(seq)`` builds the message with the seq it was given (called once,
         before the transaction; if it raises, nothing changes and the seq stays unused).
         ``readings`` is how many readings it carries (for stats and drop accounting).
-        ``reported_gaps``: ids of :meth:`gaps` this message reports; they are deleted in the
-        same transaction, so a gap is either still listed or in a spooled message.
+        ``reported_gaps``: ids of :meth:`gaps` this message reports; in the same transaction
+        they are marked as reported by this seq (no longer listed by :meth:`gaps`). They are
+        deleted when this seq is confirmed, and listed again if a cap drops it first, so a
+        gap is always either listed, or in a spooled message, or confirmed stored.
 
         One transaction: insert the row and advance ``next_seq`` (plus, once per
         ``seq_block`` appends, a durable reservation: that commit waits for an fsync).
         Raises :class:`SpoolError` (e.g. disk full) with nothing written and the seq unused.
+        The caps are not applied: see :meth:`append_within_caps`.
         """
+        return self._append(payload_for, readings, reported_gaps, within_caps=False)[0]
+
+    def append_within_caps(
+        self,
+        payload_for: Callable[[int], bytes],
+        readings: int,
+        *,
+        reported_gaps: Collection[int] = (),
+    ) -> tuple[Entry, Dropped | None]:
+        """:meth:`append`, and :meth:`enforce_caps` in the *same* transaction: no commit
+        ever leaves the file holding more than ``max_bytes`` of payload or an entry older
+        than ``max_age_s``. Returns the entry (which the caps may have dropped at once, if
+        it alone is larger than ``max_bytes``: see ``Dropped.last_seq``) and the drop. While
+        under the caps (the usual case) it costs what :meth:`append` costs: the check is in
+        memory."""
+        return self._append(payload_for, readings, reported_gaps, within_caps=True)
+
+    def _append(
+        self,
+        payload_for: Callable[[int], bytes],
+        readings: int,
+        reported_gaps: Collection[int],
+        *,
+        within_caps: bool,
+    ) -> tuple[Entry, Dropped | None]:
         with self._lock:
             conn = self._live()
             seq = self._next
@@ -463,6 +555,7 @@ class Spool:
             payload = payload_for(seq)
             size = len(payload)
             reserve = seq >= self._ceiling
+            plan: _DropPlan | None = None
             try:
                 if reserve:
                     conn.execute("PRAGMA synchronous=FULL")
@@ -474,7 +567,13 @@ class Spool:
                     else:
                         conn.execute(_SET_NEXT, (seq + 1,))
                     if reported_gaps:
-                        conn.executemany(_DELETE_GAP, [(g,) for g in reported_gaps])
+                        conn.executemany(_MARK_REPORTED, [(seq, g) for g in reported_gaps])
+                    if within_caps:
+                        # The new row is visible to this transaction's reads.
+                        plan = self._plan_drop(self._bytes + size, created)
+                        if plan is not None:
+                            # Gaps marked just now count as outstanding for the drop.
+                            self._write_drop(plan, reports=bool(reported_gaps))
                     conn.execute("COMMIT")
                 except BaseException:
                     self._rollback()
@@ -493,7 +592,10 @@ class Spool:
             self._entries += 1
             self._readings += readings
             self._bytes += size
-            return Entry(seq, payload, readings, created, 0)
+            dropped = None if plan is None else self._account_drop(plan)
+            if reported_gaps and plan is None:
+                self._count_gaps()
+            return Entry(seq, payload, readings, created, 0), dropped
 
     def pending(self, limit: int, *, exclude: Collection[int] = ()) -> list[Entry]:
         """Up to ``limit`` unconfirmed entries, oldest (lowest seq) first, skipping the seqs
@@ -526,8 +628,9 @@ class Spool:
 
     def confirm(self, ranges: Iterable[tuple[int, int]]) -> int:
         """Delete the entries whose seq lies in any of the inclusive ``(first, last)``
-        ranges; return how many were deleted. Seqs not in the spool (never appended, already
-        confirmed, dropped) are ignored, so confirming twice is harmless. One transaction.
+        ranges, and the gaps those entries reported; return how many entries were deleted.
+        Seqs not in the spool (never appended, already confirmed, dropped) are ignored, so
+        confirming twice is harmless. One transaction.
         Raises ``ValueError`` for a range with ``first > last`` (before changing anything)."""
         spans = [(int(a), int(b)) for a, b in ranges]
         for a, b in spans:
@@ -538,6 +641,7 @@ class Spool:
         with self._lock:
             conn = self._live()
             deleted = readings = size = 0
+            reports = self._gaps_outstanding > 0
             with self._transaction():
                 for span in spans:
                     for r, s in conn.execute(_CONFIRM, span):
@@ -545,6 +649,10 @@ class Spool:
                         readings += r
                         size += s
                     conn.execute(_CONFIRM_ATTEMPTS, span)
+                    if reports:
+                        conn.execute(_CONFIRM_GAPS, span)
+            if reports:
+                self._count_gaps()
             if deleted:
                 self._entries -= deleted
                 self._readings -= readings
@@ -558,74 +666,97 @@ class Spool:
         case: an in-memory check, no I/O).
 
         The drop and its :class:`Gap` (cause ``age_cap`` or ``size_cap``, merged into the
-        unreported gap of the same cause if any) are one transaction. Call it after each
-        append (and periodically, for the age cap while idle). A single message larger than
+        unreported gap of the same cause if any) are one transaction. Gaps reported by a
+        dropped message become unreported again in it, merged with the unreported gap of
+        their cause (the merged gap keeps the oldest one's id and ``from_ns``, so a report
+        of it supersedes the lost one). Call it periodically, for the age cap while nothing
+        is appended (appends made with :meth:`append_within_caps` apply the caps
+        themselves; after a plain :meth:`append`, call it). A single message larger than
         ``max_bytes`` is dropped too. Age is measured on the wall clock against the append
         time, oldest *by seq*: after the clock stepped back, younger-looking entries behind
         an old head wait until they are old or the head is gone."""
         with self._lock:
-            conn = self._live()
-            if self._entries == 0:
-                return None
-            cutoff = None if self._max_age_ns is None else self._clock_ns() - self._max_age_ns
+            self._live()
             try:
-                if self._bytes <= self._max_bytes and (
-                    cutoff is None or not self._head_older(cutoff)
-                ):
-                    return None
+                plan = self._plan_drop(self._bytes, None)
             except sqlite3.Error as exc:
                 raise self._error("read", exc) from exc
-            # causes: [first, last, messages, readings, from_ns, to_ns]
-            drops: dict[GapCause, list[int]] = {}
-            remaining = self._bytes
-            by_age = cutoff is not None
-            try:
-                cur = conn.execute(_CAP_SCAN)
-                for seq, created, readings, size in cur:
-                    if by_age and cutoff is not None and created < cutoff:
-                        cause: GapCause = "age_cap"
-                    elif remaining > self._max_bytes:
-                        by_age = False
-                        cause = "size_cap"
-                    else:
-                        break
-                    d = drops.get(cause)
-                    if d is None:
-                        drops[cause] = [seq, seq, 1, readings, created, created]
-                    else:
-                        d[1] = seq
-                        d[2] += 1
-                        d[3] += readings
-                        d[4] = min(d[4], created)
-                        d[5] = max(d[5], created)
-                    remaining -= size
-                cur.close()
-            except sqlite3.Error as exc:
-                raise self._error("read", exc) from exc
-            if not drops:  # pragma: no cover - the in-memory check said something is over
+            if plan is None:
                 return None
-            first = min(d[0] for d in drops.values())
-            last = max(d[1] for d in drops.values())
-            messages = sum(d[2] for d in drops.values())
-            readings_dropped = sum(d[3] for d in drops.values())
             with self._transaction():
-                conn.execute(_DROP, (last,))
-                conn.execute(_DROP_ATTEMPTS, (last,))
-                for cause_, (f, la, m, r, lo, hi) in drops.items():
-                    row = conn.execute(_LAST_GAP, (cause_,)).fetchone()
-                    if row is None:
-                        conn.execute(_ADD_GAP, (cause_, f, la, m, r, lo, hi))
-                    else:
-                        conn.execute(_MERGE_GAP, (la, m, r, hi, lo, row[0]))
-            self._entries -= messages
-            self._readings -= readings_dropped
-            self._bytes = remaining
-            self._head_known = False
-            return Dropped(first, last, messages, readings_dropped)
+                self._write_drop(plan, reports=False)
+            return self._account_drop(plan)
+
+    def _plan_drop(self, total_bytes: int, newest_ns: int | None) -> _DropPlan | None:
+        """What the caps drop from a spool of ``total_bytes`` payload (``newest_ns``: the
+        append time of a row just inserted in the open transaction, when the in-memory head
+        does not know it yet). ``None`` (no I/O) when nothing is over a cap."""
+        entries = self._entries + (newest_ns is not None)
+        if entries == 0:
+            return None
+        cutoff = None if self._max_age_ns is None else self._clock_ns() - self._max_age_ns
+        if self._entries == 0:
+            old_head = cutoff is not None and newest_ns is not None and newest_ns < cutoff
+        else:
+            old_head = cutoff is not None and self._head_older(cutoff)
+        if total_bytes <= self._max_bytes and not old_head:
+            return None
+        # causes: [first, last, messages, readings, from_ns, to_ns]
+        drops: dict[GapCause, list[int]] = {}
+        remaining = total_bytes
+        by_age = cutoff is not None
+        cur = self._live().execute(_CAP_SCAN)
+        for seq, created, readings, size in cur:
+            if by_age and cutoff is not None and created < cutoff:
+                cause: GapCause = "age_cap"
+            elif remaining > self._max_bytes:
+                by_age = False
+                cause = "size_cap"
+            else:
+                break
+            d = drops.get(cause)
+            if d is None:
+                drops[cause] = [seq, seq, 1, readings, created, created]
+            else:
+                d[1] = seq
+                d[2] += 1
+                d[3] += readings
+                d[4] = min(d[4], created)
+                d[5] = max(d[5], created)
+            remaining -= size
+        cur.close()
+        if not drops:  # pragma: no cover - the in-memory check said something is over
+            return None
+        return _DropPlan(drops, remaining)
+
+    def _write_drop(self, plan: _DropPlan, *, reports: bool) -> None:
+        """Inside a transaction: delete the planned prefix, list again the gaps its
+        messages reported, and record the loss (merged per cause). ``reports``: gaps were
+        marked as reported in this transaction (the counters do not know it yet)."""
+        conn = self._live()
+        last = plan.last_seq
+        conn.execute(_DROP, (last,))
+        conn.execute(_DROP_ATTEMPTS, (last,))
+        if self._gaps_outstanding or reports:
+            conn.execute(_UNMARK_DROPPED, (last,))
+        now = self._clock_ns()
+        for cause in ("age_cap", "size_cap"):
+            _merge_unreported(conn, cause, plan.drops.get(cause), now)
+
+    def _account_drop(self, plan: _DropPlan) -> Dropped:
+        """After the drop's commit: the in-memory counters."""
+        self._count_gaps()
+        dropped = plan.dropped()
+        self._entries -= dropped.messages
+        self._readings -= dropped.readings
+        self._bytes = plan.remaining
+        self._head_known = False
+        return dropped
 
     def gaps(self) -> list[Gap]:
         """Losses not yet reported, oldest first. Report them in a message appended with
-        ``append(..., reported_gaps=[g.id ...])``; until then they stay listed, across
+        ``append(..., reported_gaps=[g.id ...])`` (when :attr:`report_due`); until then, and
+        again if a cap drops that message before its confirmation, they stay listed, across
         restarts."""
         with self._lock:
             try:
@@ -633,6 +764,11 @@ class Spool:
             except sqlite3.Error as exc:
                 raise self._error("read", exc) from exc
             return [Gap(i, cast(GapCause, c), *rest) for (i, c, *rest) in rows]
+
+    def _count_gaps(self) -> None:
+        """Re-read the two gap counters (a tiny table; only after gaps changed)."""
+        unreported, outstanding = self._live().execute(_GAP_COUNTS).fetchone()
+        self._gaps_unreported, self._gaps_outstanding = int(unreported), int(outstanding)
 
     def sync(self) -> None:
         """Make everything committed so far durable against a power loss (one fsync), and
@@ -770,6 +906,8 @@ def _connect(
             raise _Unusable(f"integrity check failed: {found}")
         if fresh:
             _initialise(conn, clock_ns)
+        elif version in _UPGRADES:
+            _upgrade(conn, version)
         elif version != SCHEMA_VERSION:
             raise _Unusable(f"schema version {version}; this agent reads {SCHEMA_VERSION}")
         row = conn.execute(
@@ -814,3 +952,47 @@ def _initialise(conn: sqlite3.Connection, clock_ns: Callable[[], int]) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a spool of an older schema version to :data:`SCHEMA_VERSION` in place, in one
+    transaction (a crash leaves it either as it was or upgraded)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        while version != SCHEMA_VERSION:
+            for ddl in _UPGRADES[version]:
+                conn.execute(ddl)
+            version += 1
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    log.info("spool upgraded to schema version %d", SCHEMA_VERSION)
+
+
+def _merge_unreported(
+    conn: sqlite3.Connection, cause: GapCause, drop: list[int] | None, now_ns: int
+) -> None:
+    """Inside a drop's transaction: make the unreported gaps of ``cause`` one (the
+    oldest row absorbs the others: gaps unmarked because their report was dropped, and this
+    ``drop`` = [first, last, messages, readings, from_ns, to_ns], if any)."""
+    rows = conn.execute(_UNREPORTED_OF, (cause,)).fetchall()
+    if not rows:
+        if drop is not None:
+            conn.execute(_ADD_GAP, (cause, *drop, now_ns))
+        return
+    if len(rows) == 1 and drop is None:
+        return
+    parts = [tuple(r[1:]) for r in rows] + ([tuple(drop)] if drop is not None else [])
+    merged = (
+        min(p[0] for p in parts),
+        max(p[1] for p in parts),
+        sum(p[2] or 0 for p in parts),
+        sum(p[3] or 0 for p in parts),
+        min(p[4] for p in parts if p[4] is not None),
+        max(p[5] for p in parts if p[5] is not None),
+    )
+    conn.execute(_SET_GAP, (*merged, rows[0][0]))
+    conn.executemany(_DELETE_GAP, [(r[0],) for r in rows[1:]])

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -40,6 +40,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from config.sim import SimConfig
 from fieldlink.localstack import InfluxDB1, Mosquitto
+from sim.server import SimPlant
 from wire.topics import confirm_topic, data_topic
 
 SITE = "plant"
@@ -78,15 +79,25 @@ def sim_config() -> SimConfig:
     )
 
 
+@dataclass(frozen=True)
+class Address:
+    """Where an agent connects when it is not a :class:`Mosquitto` of the test's."""
+
+    host: str
+    port: int
+
+
 def agent_file(
     tmp_path: Path,
-    broker: Mosquitto,
+    broker: Mosquitto | Address,
     sim_port: int,
     *,
     confirm_timeout: float = 4.0,
     max_bytes: int | None = None,
+    mqtt: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Write the agent's config; return it and its spool path."""
+    """Write the agent's config (``mqtt``: more settings of its mqtt section, e.g.
+    credentials, TLS, client id); return it and its spool path."""
     points: list[dict[str, Any]] = [
         {"name": f"u{i:02d}", "address": i, "type": "uint16"} for i in range(UINT_POINTS)
     ]
@@ -101,7 +112,7 @@ def agent_file(
     doc = {
         "kind": "edge",
         "agent": {"id": AGENT, "site": SITE},
-        "mqtt": {"host": broker.host, "port": broker.port},
+        "mqtt": {"host": broker.host, "port": broker.port, **(mqtt or {})},
         "publish": {"max_delay": 0.2},
         "spool": spool,
         "buses": [
@@ -127,10 +138,12 @@ def cloud_file(
     database: str,
     *,
     receive_maximum: int | None = None,
+    mqtt_extra: dict[str, Any] | None = None,
 ) -> Path:
     mqtt: dict[str, Any] = {"host": broker.host, "port": broker.port, "client_id": "ingester-1"}
     if receive_maximum is not None:
         mqtt["receive_maximum"] = receive_maximum
+    mqtt.update(mqtt_extra or {})
     doc = {
         "kind": "cloud",
         "mqtt": mqtt,
@@ -278,6 +291,9 @@ class SpoolState:
     largest: int
     #: Unreported gaps: (cause, first_seq, last_seq, messages, readings).
     gaps: list[tuple[Any, ...]]
+    #: Gaps reported in a message not confirmed yet: (cause, first_seq, last_seq, messages,
+    #: readings, seq of the reporting message).
+    reported: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 def read_spool(path: Path) -> SpoolState:
@@ -289,12 +305,17 @@ def read_spool(path: Path) -> SpoolState:
         entries, readings, size, largest = conn.execute(
             "SELECT count(*), total(readings), total(size), coalesce(max(size), 0) FROM entries"
         ).fetchone()
-        gaps = conn.execute(
-            "SELECT cause, first_seq, last_seq, messages, readings FROM gaps ORDER BY id"
+        rows = conn.execute(
+            "SELECT cause, first_seq, last_seq, messages, readings, report_seq FROM gaps "
+            "ORDER BY id"
         ).fetchall()
     finally:
         conn.close()
-    return SpoolState(int(next_seq), int(entries), int(readings), int(size), int(largest), gaps)
+    gaps = [tuple(r[:5]) for r in rows if r[5] is None]
+    reported = [tuple(r) for r in rows if r[5] is not None]
+    return SpoolState(
+        int(next_seq), int(entries), int(readings), int(size), int(largest), gaps, reported
+    )
 
 
 def snapshot_spool(path: Path, scratch: Path) -> SpoolState | None:
@@ -324,7 +345,9 @@ def snapshot_spool(path: Path, scratch: Path) -> SpoolState | None:
 @dataclass(frozen=True)
 class Row:
     t: int
-    seq: int
+    #: The message's seq; the ingester may store it on one reading of a poll only
+    #: (cloud/lineproto.py), the others then have ``None``.
+    seq: int | None
     point: str
     value: Any
     quality: str
@@ -502,15 +525,16 @@ def verify(store: Store, last_seq: int, *, dropped: Iterable[int] = ()) -> Deliv
     polls: dict[int, list[Row]] = defaultdict(list)
     for r in rows:
         polls[r.t].append(r)
+    poll_seq = {t: {r.seq for r in group if r.seq is not None} for t, group in polls.items()}
     partial = {
-        t: (len(group), sorted({r.seq for r in group}))
+        t: (len(group), sorted(poll_seq[t]))
         for t, group in polls.items()
         if len(group) != POINTS
         or {r.point for r in group} != EXPECTED.keys()
-        or len({r.seq for r in group}) != 1
+        or len(poll_seq[t]) != 1
     }
     assert not partial, f"{len(partial)} poll(s) not whole: {list(partial.items())[:3]}"
-    seqs = {r.seq for r in rows}
+    seqs = {s for group in poll_seq.values() for s in group}
     expected = set(range(1, last_seq + 1)) - set(dropped)
     missing, unexpected = expected - seqs, seqs - expected
     assert not missing, f"{len(missing)} message(s) missing in InfluxDB: seq {ranges(missing)}"
@@ -518,7 +542,7 @@ def verify(store: Store, last_seq: int, *, dropped: Iterable[int] = ()) -> Deliv
     times = sorted(polls)
     # Polls are spooled in the order they were sampled, so their seqs never go down in time:
     # a seq handed out twice (say, after a restart) would show up here.
-    order = [polls[t][0].seq for t in times]
+    order = [min(poll_seq[t]) for t in times]
     back = [(a, b) for a, b in itertools.pairwise(order) if b < a]
     assert not back, f"seqs going backwards in time: {back[:5]}"
     return Delivered(len(rows), len(polls), seqs, times[0], times[-1], times)
@@ -655,3 +679,100 @@ def in_thread(fn: Any, *args: Any) -> Any:
     """Blocking service control (broker/InfluxDB stop and start) off the event loop, so the
     simulated meter in this loop keeps answering."""
     return asyncio.to_thread(fn, *args)
+
+
+# --- the pipeline ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    agent: Fieldlink
+    #: None while a test has not started one (``pipeline(..., ingester=False)``).
+    maybe_ingester: Fieldlink | None
+    agent_config: Path
+    cloud_config: Path
+    spool: Path
+    store: Store
+    procs: Processes
+    scratch: Path
+
+    @property
+    def ingester(self) -> Fieldlink:
+        assert self.maybe_ingester is not None, "no ingester started"
+        return self.maybe_ingester
+
+    async def start_ingester(self) -> Fieldlink:
+        self.maybe_ingester = await self.procs.ingester(self.cloud_config)
+        return self.maybe_ingester
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    tmp_path: Path,
+    broker: Mosquitto,
+    influx: InfluxDB1,
+    database: str,
+    *,
+    max_bytes: int | None = None,
+    receive_maximum: int | None = None,
+    agent_mqtt: dict[str, Any] | None = None,
+    cloud_mqtt: dict[str, Any] | None = None,
+    ingester: bool = True,
+) -> AsyncIterator[Run]:
+    """Meter (in this loop), ingester and agent processes, running until the block ends;
+    whatever still runs then is killed (a passing test has stopped them itself).
+    ``agent_mqtt``/``cloud_mqtt``: more settings of their mqtt sections (credentials...);
+    ``ingester=False``: the test starts it itself (``await run.start_ingester()``)."""
+    async with SimPlant(sim_config()) as plant, Processes(tmp_path) as procs:
+        port = plant.endpoints()[DEVICE][1]
+        config, spool = agent_file(tmp_path, broker, port, max_bytes=max_bytes, mqtt=agent_mqtt)
+        cloud = cloud_file(
+            tmp_path,
+            broker,
+            influx,
+            database,
+            receive_maximum=receive_maximum,
+            mqtt_extra=cloud_mqtt,
+        )
+        started = await procs.ingester(cloud) if ingester else None
+        agent = await procs.agent(config)
+        store = Store(influx, database)
+        yield Run(agent, started, config, cloud, spool, store, procs, tmp_path / "spool-copy")
+
+
+async def steady(run: Run) -> int:
+    """Until the first ten messages (~2 s of readings) are in InfluxDB; their count."""
+    return (await wait_delivered(run.store, 10, wait_s=60)).distinct
+
+
+@dataclass
+class Finished:
+    delivered: Delivered
+    spool: SpoolState
+    agent: dict[str, int]
+
+
+async def finish(run: Run, *, dropped: set[int] | None = None) -> Finished:
+    """Stop the agent (SIGTERM, exit 0), take the last seq it handed out from its spool, wait
+    for InfluxDB to hold them all, prove it, stop the ingester (exit 0)."""
+    assert await run.agent.stop() == 0, run.agent.text()[-3000:]
+    state = read_spool(run.spool)
+    last = state.next_seq - 1
+    await wait_delivered(run.store, last, dropped=len(dropped or ()), wait_s=60)
+    delivered = await asyncio.to_thread(verify, run.store, last, dropped=dropped or ())
+    assert await run.ingester.stop() == 0, run.ingester.text()[-3000:]
+    summary = agent_summary(run.agent)
+    say(
+        f"stored: {delivered.readings} readings in {delivered.polls} polls of {DEVICE}, "
+        f"{len(delivered.seqs)} messages (seq 1..{last}"
+        + (f" but {len(dropped)} dropped" if dropped else ", none missing")
+        + f"), every value exact; {delivered.rate:.0f} readings/s over "
+        f"{(delivered.last_ns - delivered.first_ns) / 1e9:.1f} s"
+    )
+    say(
+        f"agent (last run): published {summary['readings']} readings in {summary['messages']} "
+        f"messages, {summary['republished']} republished, {summary['confirmed']} confirmed, "
+        f"{summary['dropped']} readings dropped; spool after stop: {state.entries} message(s)"
+    )
+    say(f"ingester: {ingester_summary(run.ingester)}")
+    return Finished(delivered, state, summary)

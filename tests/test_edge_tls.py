@@ -1,7 +1,8 @@
 """TLS to the broker: the agent publishes over a verified TLS connection, refuses a broker
 whose certificate an unknown CA signed or that names another host, and never falls back to
-plain TCP. Certificates are made by `openssl` for each run; the broker is a real Mosquitto
-with a TLS listener."""
+plain TCP; against a broker that requires client certificates (mutual TLS) it delivers with
+its certificate and key and is refused without them. Certificates are made by `openssl` for
+each run; the broker is a real Mosquitto with a TLS listener."""
 
 from __future__ import annotations
 
@@ -100,7 +101,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         directory, trusted, "broker", "IP:127.0.0.1,DNS:localhost"
     )
     other_key, other_cert = make_server_cert(directory, trusted, "elsewhere", "DNS:other.example")
+    # A client certificate: signed by the CA the broker trusts; names the agent.
+    client_key, client_cert = make_server_cert(directory, trusted, "gw-tls", "DNS:gw-tls")
     return {
+        "client_key": client_key,
+        "client_cert": client_cert,
         "trusted": trusted[1],
         "unknown": unknown[1],
         "good_key": good_key,
@@ -111,18 +116,36 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def tls_broker(
-    make_service: ServiceFactory, pki: dict[str, Path], key: str, cert: str
+    make_service: ServiceFactory,
+    pki: dict[str, Path],
+    key: str,
+    cert: str,
+    *,
+    require_certificate: bool = False,
 ) -> Mosquitto:
-    # The extra lines apply to the listener localstack declares: it speaks TLS only.
+    # The extra lines apply to the listener localstack declares: it speaks TLS only. With
+    # require_certificate, a client must present a certificate signed by cafile.
     extra = f"cafile {pki['trusted']}\ncertfile {pki[cert]}\nkeyfile {pki[key]}\n"
+    if require_certificate:
+        extra += "require_certificate true\n"
     return make_service(Mosquitto, extra_config=extra)
 
 
-def agent_file(tmp_path: Path, sim_port: int, broker: Mosquitto, ca: Path) -> Path:
+def agent_file(
+    tmp_path: Path,
+    sim_port: int,
+    broker: Mosquitto,
+    ca: Path,
+    client: tuple[Path, Path] | None = None,
+) -> Path:
+    """The agent's config; ``client``: its (certificate, key) for mutual TLS."""
+    tls: dict[str, str] = {"ca_file": str(ca)}
+    if client is not None:
+        tls.update(cert_file=str(client[0]), key_file=str(client[1]))
     doc: dict[str, Any] = {
         "kind": "edge",
         "agent": {"id": "gw-tls", "site": "lab"},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": {"ca_file": str(ca)}},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "tls": tls},
         "spool": {"path": str(tmp_path / "spool.db")},
         "buses": [{"name": "line", "driver": "modbus", "host": "127.0.0.1", "port": sim_port}],
         "devices": [
@@ -200,6 +223,33 @@ async def test_agent_refuses_an_untrusted_broker_and_never_falls_back_to_plain_t
     assert "the readings stay in the spool" in err
     # The broker never saw an MQTT session from the agent: no plain-TCP fallback happened.
     assert clients_connected(broker) == 0
+
+
+async def test_mutual_tls_delivers_with_the_client_certificate_and_is_refused_without(
+    tmp_path: Path, make_service: ServiceFactory, pki: dict[str, Path]
+) -> None:
+    broker = tls_broker(make_service, pki, "good_key", "good_cert", require_certificate=True)
+    async with SimPlant(SimConfig.model_validate(SIM)) as plant:
+        port = plant.endpoints()["meter"][1]
+        with_cert = agent_file(
+            tmp_path, port, broker, pki["trusted"], (pki["client_cert"], pki["client_key"])
+        )
+        code, out, err = await publish_once(with_cert)
+        assert code == 0, err
+        assert "published 1 readings" in out
+        accepted = clients_connected(broker)
+        assert accepted >= 1
+        # The same agent without its certificate: the broker ends the TLS session, the agent
+        # says why, keeps the readings, and never tries plain TCP.
+        without = tmp_path / "without-cert"
+        without.mkdir()
+        code, _, err = await publish_once(agent_file(without, port, broker, pki["trusted"]))
+    print(f"[tls] without a client certificate: exit {code}; {err.strip()}")
+    assert code == 3, err
+    assert "certificate required" in err
+    assert "the readings stay in the spool" in err
+    assert clients_connected(broker) == accepted
+    assert "New connection from" in broker.log_path.read_text()
 
 
 # paho-mqtt 2.2 does not close the socket of a failed TLS handshake before retrying (a

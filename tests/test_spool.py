@@ -22,6 +22,7 @@ from edge.spool import (
     APPLICATION_ID,
     CORRUPT_MESSAGE,
     FIRST_SEQ,
+    SCHEMA_VERSION,
     Dropped,
     Gap,
     Spool,
@@ -301,6 +302,131 @@ def test_size_cap_drops_the_oldest_and_records_one_merged_gap(spool_path: Path) 
         assert [(g.first_seq, g.last_seq, g.messages) for g in sp.gaps()] == [(5, 5, 1)]
 
 
+def test_a_reported_gap_is_kept_until_its_report_is_confirmed_across_a_crash(
+    spool_path: Path, tmp_path: Path
+) -> None:
+    size = len(payload(1, 100))
+    with open_spool(spool_path, max_bytes=2 * size) as sp:
+        for _ in range(3):
+            sp.append(builder(100), 10)
+        assert sp.enforce_caps() == Dropped(1, 1, 1, 10)
+        assert sp.report_due
+        [gap] = sp.gaps()
+        report = sp.append(builder(10), 3, reported_gaps=[gap.id])
+        # Reported (no longer listed), and no second report while this one is outstanding.
+        assert sp.gaps() == [] and not sp.report_due
+        assert sp.enforce_caps() == Dropped(2, 2, 1, 10)
+        assert not sp.report_due
+        copy = crash_copy(spool_path, tmp_path / "crash" / "agent.db")
+        # The report's confirmation deletes the gap it carried; the newer one is due now.
+        sp.confirm([(report.seq, report.seq)])
+        assert [(g.first_seq, g.last_seq) for g in sp.gaps()] == [(2, 2)]
+        assert sp.report_due
+    # After a crash before the confirmation: the report is still outstanding (its message
+    # is in the spool), the newer loss still listed.
+    with open_spool(copy, max_bytes=2 * size) as again:
+        assert [(g.first_seq, g.last_seq) for g in again.gaps()] == [(2, 2)]
+        assert not again.report_due
+        again.confirm([(report.seq, report.seq)])
+        assert again.report_due
+
+
+def test_a_report_dropped_before_its_confirmation_lists_its_gap_again_merged(
+    spool_path: Path,
+) -> None:
+    size = len(payload(1, 100))
+    clock = Clock()
+    with open_spool(spool_path, max_bytes=2 * size, clock_ns=clock) as sp:
+        first_append = clock.now
+        for _ in range(3):
+            sp.append(builder(100), 10)
+            clock.now += SECOND
+        assert sp.enforce_caps() == Dropped(1, 1, 1, 10)
+        [gap] = sp.gaps()
+        report = sp.append(builder(100), 3, reported_gaps=[gap.id])  # seq 4
+        assert sp.enforce_caps() == Dropped(2, 2, 1, 10)
+        for _ in range(2):
+            sp.append(builder(100), 10)
+        # Seqs 3 and 4 (the report) dropped: its gap comes back, merged with 2..4, under
+        # its own id and first time (a report of it supersedes the lost one).
+        assert sp.enforce_caps() == Dropped(3, report.seq, 2, 13)
+        [again] = sp.gaps()
+        assert (again.id, again.first_seq, again.last_seq, again.messages, again.readings) == (
+            gap.id,
+            1,
+            4,
+            4,
+            33,
+        )
+        assert again.from_ns == first_append == gap.from_ns
+        assert sp.report_due
+        # A confirmation of the dropped report arriving late deletes nothing.
+        sp.confirm([(report.seq, report.seq)])
+        assert [g.id for g in sp.gaps()] == [gap.id]
+
+
+def test_append_within_caps_never_commits_more_than_the_cap(
+    spool_path: Path, tmp_path: Path
+) -> None:
+    size = len(payload(1, 100))
+    cap = 3 * size + size // 2
+    with open_spool(spool_path, max_bytes=cap) as sp:
+        for n in range(1, 9):
+            entry, dropped = sp.append_within_caps(builder(100), 10)
+            # What a crash right after this call leaves on disk: never above the cap.
+            copy = crash_copy(spool_path, tmp_path / f"crash-{n}" / "agent.db")
+            conn = sqlite3.connect(copy)
+            (on_disk,) = conn.execute("SELECT total(size) FROM entries").fetchone()
+            conn.close()
+            assert on_disk <= cap and sp.stats.bytes <= cap
+            assert dropped == (None if n <= 3 else Dropped(n - 3, n - 3, 1, 10))
+            assert entry.seq == n
+        [gap] = sp.gaps()
+        assert (gap.first_seq, gap.last_seq, gap.messages, gap.readings) == (1, 5, 5, 50)
+
+
+def test_an_oversized_report_dropped_in_its_own_append_lists_its_gaps_again(
+    spool_path: Path,
+) -> None:
+    size = len(payload(1, 100))
+    with open_spool(spool_path, max_bytes=2 * size) as sp:
+        for _ in range(3):
+            sp.append_within_caps(builder(100), 10)
+        [gap] = sp.gaps()
+        # The report is larger than the cap: dropped in the transaction that appends it.
+        entry, dropped = sp.append_within_caps(builder(3 * size), 4, reported_gaps=[gap.id])
+        assert dropped is not None and dropped.last_seq == entry.seq
+        [again] = sp.gaps()
+        assert again.id == gap.id and again.last_seq == entry.seq
+        assert again.messages == 1 + dropped.messages
+        assert sp.report_due
+
+
+def test_a_version_1_spool_is_upgraded_in_place(spool_path: Path) -> None:
+    size = len(payload(1, 100))
+    with open_spool(spool_path, max_bytes=2 * size) as sp:
+        for _ in range(3):
+            sp.append(builder(100), 10)
+        sp.enforce_caps()
+        epoch = sp.epoch
+    conn = sqlite3.connect(spool_path)
+    conn.execute("ALTER TABLE gaps DROP COLUMN report_seq")
+    conn.execute("ALTER TABLE gaps DROP COLUMN noted_ns")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    with open_spool(spool_path, max_bytes=2 * size) as sp:
+        assert sp.opened_fresh_after_corruption is None
+        assert sp.epoch == epoch
+        assert [e.seq for e in sp.pending(10)] == [2, 3]
+        [gap] = sp.gaps()
+        assert (gap.first_seq, gap.last_seq, gap.messages) == (1, 1, 1)
+        assert sp.report_due
+    conn = sqlite3.connect(spool_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
+
+
 def test_a_message_larger_than_the_cap_is_dropped_too(spool_path: Path) -> None:
     with open_spool(spool_path, max_bytes=50) as sp:
         sp.append(builder(200), 5)
@@ -483,7 +609,7 @@ def test_an_unknown_schema_version_is_moved_aside(
     conn.commit()
     conn.close()
     sp, _ = open_expecting_move(
-        spool_path, caplog, lambda r: r == "schema version 99; this agent reads 1"
+        spool_path, caplog, lambda r: r == f"schema version 99; this agent reads {SCHEMA_VERSION}"
     )
     try:
         assert_works(sp)

@@ -77,6 +77,11 @@ class Model:
     skipped: list[tuple[int, int]] = field(default_factory=list)
     #: The spool's next seq as it is on disk (for the power-loss expectation).
     next_seq: int = 0
+    #: Reports outstanding: seq of the reporting message → the counted gaps it carries
+    #: (cause → [messages, readings, first_seq, last_seq]) and the host-restart gaps.
+    reported: dict[int, tuple[dict[str, list[int]], list[tuple[int, int]]]] = field(
+        default_factory=dict
+    )
 
     def copy(self) -> Model:
         return Model(
@@ -84,7 +89,23 @@ class Model:
             {k: list(v) for k, v in self.drops.items()},
             list(self.skipped),
             self.next_seq,
+            {
+                s: ({k: list(v) for k, v in counted.items()}, list(host))
+                for s, (counted, host) in self.reported.items()
+            },
         )
+
+    def add_drop(self, cause: str, loss: list[int]) -> None:
+        """Merge ``loss`` ([messages, readings, first, last]) into the unreported gap of
+        ``cause``, as the spool does (one unreported gap per cause)."""
+        d = self.drops.get(cause)
+        if d is None:
+            self.drops[cause] = list(loss)
+        else:
+            d[0] += loss[0]
+            d[1] += loss[1]
+            d[2] = min(d[2], loss[2])
+            d[3] = max(d[3], loss[3])
 
 
 @dataclass
@@ -163,24 +184,32 @@ class SpoolMachine(RuleBasedStateMachine):
             ),
             max_size=4,
         ),
-        then_caps=st.booleans(),
+        caps=st.sampled_from(["none", "after", "within"]),
     )
-    def append(self, messages: list[tuple[bytes, int]], then_caps: bool) -> None:
+    def append(self, messages: list[tuple[bytes, int]], caps: str) -> None:
         """Appends one after another (several per rule, so the caps and the seq
         reservations are reached in a few steps; a power loss may keep any prefix), each
-        followed by ``enforce_caps`` if ``then_caps`` (as the publisher does)."""
+        followed by ``enforce_caps`` (``after``) or with the caps in its own transaction
+        (``within``: ``append_within_caps``, as the publisher does)."""
         for data, readings in messages:
             syncs = self.spool.stats.syncs
             expected = self.spool.next_seq
-            entry = self.spool.append(payload_with(data), readings)
+            if caps == "within":
+                self.model.rows[expected] = Row(payload_with(data)(expected), readings, self.now)
+                gone, old = self.expected_drop()
+                entry, got = self.spool.append_within_caps(payload_with(data), readings)
+            else:
+                entry = self.spool.append(payload_with(data), readings)
             assert entry.seq == expected
             assert not self.handed_out or entry.seq > max(self.handed_out)
             assert entry.payload == b"%d|" % entry.seq + data
             self.handed_out.append(entry.seq)
             self.model.rows[entry.seq] = Row(entry.payload, readings, self.now)
             self.model.next_seq = entry.seq + 1
+            if caps == "within":
+                self.apply_drop(gone, old, got)
             self.after_step(syncs)
-            if then_caps:
+            if caps == "after":
                 self.check_caps()
 
     @rule(limit=st.integers(0, 6), data=st.data())
@@ -220,6 +249,8 @@ class SpoolMachine(RuleBasedStateMachine):
         deleted = self.spool.confirm(ranges)
         gone = {s for s in self.model.rows if any(a <= s <= b for a, b in ranges)}
         assert deleted == len(gone)
+        for s in [s for s in self.model.reported if any(a <= s <= b for a, b in ranges)]:
+            del self.model.reported[s]  # the report is stored: its gaps are done
         for s in gone:
             del self.model.rows[s]
         self.taken -= gone
@@ -251,6 +282,16 @@ class SpoolMachine(RuleBasedStateMachine):
         self.check_caps()
 
     def check_caps(self) -> None:
+        gone, old = self.expected_drop()
+        syncs = self.spool.stats.syncs
+        got = self.spool.enforce_caps()
+        self.apply_drop(gone, old, got)
+        if gone:
+            self.after_step(syncs)
+
+    def expected_drop(self) -> tuple[list[int], int]:
+        """The prefix the caps must drop from the model's rows now, and how many of it for
+        age."""
         present = sorted(self.model.rows)
         cutoff = self.now - MAX_AGE_S * SECOND
         old = 0  # the longest prefix older than the age cap...
@@ -261,45 +302,60 @@ class SpoolMachine(RuleBasedStateMachine):
         while remaining > MAX_BYTES:
             remaining -= len(self.model.rows[present[big]].payload)
             big += 1
-        n = max(old, big)
-        syncs = self.spool.stats.syncs
-        got = self.spool.enforce_caps()
-        if n == 0:
+        return present[: max(old, big)], old
+
+    def apply_drop(self, gone: list[int], old: int, got: Dropped | None) -> None:
+        """Check what the spool dropped against ``gone`` and update the model."""
+        if not gone:
             assert got is None
             return
-        gone = present[:n]
+        n = len(gone)
         readings = sum(self.model.rows[s].readings for s in gone)
         assert got == Dropped(gone[0], gone[-1], n, readings)
+        # Reports dropped before their confirmation: their gaps are unreported again.
+        for s in [s for s in self.model.reported if s <= gone[-1]]:
+            counted, host = self.model.reported.pop(s)
+            for cause, loss in counted.items():
+                self.model.add_drop(cause, loss)
+            self.model.skipped = sorted([*self.model.skipped, *host])
         for cause, seqs in (("age_cap", gone[:old]), ("size_cap", gone[old:])):
             if not seqs:
                 continue
             r = sum(self.model.rows[s].readings for s in seqs)
-            d = self.model.drops.get(cause)
-            if d is None:
-                self.model.drops[cause] = [len(seqs), r, seqs[0], seqs[-1]]
-            else:
-                d[0] += len(seqs)
-                d[1] += r
-                d[3] = seqs[-1]
+            self.model.add_drop(cause, [len(seqs), r, seqs[0], seqs[-1]])
         for s in gone:
             del self.model.rows[s]
         self.taken -= set(gone)
-        self.after_step(syncs)
 
-    @rule(readings=st.integers(0, 3))
-    def report_gaps(self, readings: int) -> None:
-        """Append a message that reports every unreported gap."""
+    @rule(readings=st.integers(0, 3), pad=st.integers(0, 500), within=st.booleans())
+    def report_gaps(self, readings: int, pad: int, within: bool) -> None:
+        """Append a message that reports every unreported gap (whether or not a report is
+        due: the spool must keep any number of outstanding reports straight); ``within``:
+        with the caps in the same transaction (a padded report may drop itself)."""
         ids = [g.id for g in self.spool.gaps()]
         syncs = self.spool.stats.syncs
-        entry = self.spool.append(
-            lambda seq: b"gaps %d %r" % (seq, ids), readings, reported_gaps=ids
-        )
-        assert self.spool.gaps() == []
+
+        def build(seq: int) -> bytes:
+            return b"gaps %d %r" % (seq, ids) + b"." * pad
+
+        seq = self.spool.next_seq
+        self.model.rows[seq] = Row(build(seq), readings, self.now)
+        if self.model.drops or self.model.skipped:
+            self.model.reported[seq] = (dict(self.model.drops), list(self.model.skipped))
+        self.model.drops = {}
+        self.model.skipped = []
+        if within:
+            gone, old = self.expected_drop()
+            entry, got = self.spool.append_within_caps(build, readings, reported_gaps=ids)
+        else:
+            entry = self.spool.append(build, readings, reported_gaps=ids)
+        assert entry.seq == seq
         self.handed_out.append(entry.seq)
-        self.model.rows[entry.seq] = Row(entry.payload, readings, self.now)
         self.model.next_seq = entry.seq + 1
-        self.model.drops.clear()
-        self.model.skipped.clear()
+        if within:
+            self.apply_drop(gone, old, got)
+        else:
+            assert self.spool.gaps() == []
         self.after_step(syncs)
 
     @rule()
@@ -385,9 +441,11 @@ class SpoolMachine(RuleBasedStateMachine):
     @invariant()
     def gaps_match_the_drops(self) -> None:
         gaps = self.spool.gaps()
-        assert [(g.first_seq, g.last_seq) for g in gaps if g.cause == "host_restart"] == (
-            self.model.skipped
+        assert sorted((g.first_seq, g.last_seq) for g in gaps if g.cause == "host_restart") == (
+            sorted(self.model.skipped)
         )
+        unreported = bool(self.model.drops or self.model.skipped)
+        assert self.spool.report_due == (unreported and not self.model.reported)
         for cause in ("age_cap", "size_cap"):
             mine = [g for g in gaps if g.cause == cause]
             d = self.model.drops.get(cause)
