@@ -16,12 +16,34 @@ Lifecycle of a :class:`BusLink`: ``connect()`` may be called again after any
 link that is not connected raises :class:`~drivers.errors.ConnectError`. ``close()`` is
 idempotent. Cancelling ``execute()`` raises ``asyncio.CancelledError`` and leaves the link
 closed or usable, never half-way.
+
+Streaming devices (optional). Some devices do not wait to be asked: a GPS prints a sentence
+every second, a logger a line per sample. For them the seam has two optional protocols, and
+``edge/streamer.py`` runs them instead of the request/response bus worker:
+
+* :meth:`DriverPlugin.compile_device` returns a :class:`StreamDecoder` instead of a
+  :class:`DeviceProgram`. It is fed the bytes as they arrive (``feed(data, ts_ns)``) and
+  returns a :class:`~wire.model.Group` per complete frame (good or bad readings), keeping a
+  partial frame for the next call. ``stale(reason, ts_ns)`` gives bad readings for every point
+  (the worker calls it when the stream is silent past ``stale_after`` — reason ``timeout`` —
+  or the link is lost — ``disconnected``), ``reset()`` forgets a partial frame after a
+  reconnect. ``ts_ns`` is the arrival time of the bytes, taken by the worker: it becomes the
+  sample time of the frames they complete.
+* The bus's link also implements :class:`StreamLink`: ``receive()`` waits for the next bytes
+  the device sends and returns them as they came (any size: half a frame or several); it
+  raises :class:`~drivers.errors.ConnectError` when the link is lost (port gone, EOF), after
+  which ``connect()`` is called again with backoff, exactly as for ``execute()``. Cancelling
+  ``receive()`` raises ``asyncio.CancelledError`` and loses no byte already received.
+
+A bus carries either streaming devices or polled ones, never both: one task owns the link and
+it either waits for bytes or asks. Several stream devices on one bus all see every byte (each
+takes the frames its entries match).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from config.device import BusBase, DeviceBase
 from drivers.errors import DriverError
@@ -36,6 +58,51 @@ class BusLink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamLink(Protocol):
+    """A link a device pushes data on (optional; see the module docstring)."""
+
+    async def connect(self) -> None: ...
+
+    async def receive(self) -> bytes:
+        """The next bytes received, as they came; ConnectError when the link is lost."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class StreamDecoder(Protocol):
+    """A streaming device's compiled program (optional; see the module docstring)."""
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a frame after which the points are reported bad (``timeout``)."""
+        ...
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two bad reports while the device stays silent or unreachable."""
+        ...
+
+    @property
+    def points(self) -> Sequence[str]:
+        """Names of every point the device reports."""
+        ...
+
+    def feed(self, data: bytes, ts_ns: int) -> list[Group]:
+        """Readings of every frame ``data`` completes; ``ts_ns`` is when it arrived."""
+        ...
+
+    def stale(self, reason: str, ts_ns: int) -> Group:
+        """Bad readings, one per point, all carrying ``reason``."""
+        ...
+
+    def reset(self) -> None:
+        """Forget any partial frame (the link was reopened)."""
+        ...
 
 
 class DeviceProgram(Protocol):
@@ -73,4 +140,4 @@ class DriverPlugin(Protocol):
 
     def open_bus(self, bus: BusBase) -> BusLink: ...
 
-    def compile_device(self, device: DeviceBase) -> DeviceProgram: ...
+    def compile_device(self, device: DeviceBase) -> DeviceProgram | StreamDecoder: ...

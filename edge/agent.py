@@ -1,4 +1,10 @@
-"""The agent: one publisher and one worker per bus, owned by one task group."""
+"""The agent: one publisher and one worker per bus, owned by one task group.
+
+A bus's worker is a :class:`~edge.scheduler.BusWorker` (request/response: the driver's
+programs are :class:`~drivers.base.DeviceProgram`) or, when its devices push data by
+themselves (their programs are :class:`~drivers.base.StreamDecoder`), a
+:class:`~edge.streamer.StreamWorker`. A bus carries one kind or the other.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from config.edge import EdgeConfig
+from config.errors import ConfigError, Problem
+from drivers.base import DeviceProgram, StreamDecoder, StreamLink
 from drivers.registry import DriverRegistry
 from edge.publisher import Publisher
 from edge.scheduler import BusWorker, ScheduledDevice, Sink
+from edge.streamer import StreamDevice, StreamWorker
 from wire.model import Group
 
 log = logging.getLogger("fieldlink.edge")
 
+Worker = BusWorker | StreamWorker
+
 
 @dataclass
 class AgentPlan:
-    workers: list[BusWorker]
+    workers: list[Worker]
     publisher: Publisher
 
 
@@ -29,40 +40,83 @@ def build_agent(config: EdgeConfig, registry: DriverRegistry | None = None) -> A
 
 def build_workers(
     config: EdgeConfig, sink: Sink, registry: DriverRegistry | None = None
-) -> list[BusWorker]:
-    """One worker per bus that has enabled devices, each owning its bus's link."""
+) -> list[Worker]:
+    """One worker per bus that has enabled devices, each owning its bus's link.
+
+    Raises :class:`ConfigError` for a bus that mixes streaming and polled devices (one task
+    cannot both wait for what devices push and ask), naming the devices to move.
+    """
     registry = registry or DriverRegistry()
-    workers: list[BusWorker] = []
+    workers: list[Worker] = []
+    problems: list[Problem] = []
     for bus in config.buses:
         plugin = registry.get(bus.driver)
-        devices = [
-            ScheduledDevice(d, plugin.compile_device(d))
-            for d in config.devices
-            if d.bus == bus.name and d.enabled
-        ]
-        if not devices:
+        polled: list[ScheduledDevice] = []
+        streams: list[StreamDevice] = []
+        where: dict[str, int] = {}
+        for index, device in enumerate(config.devices):
+            if device.bus != bus.name or not device.enabled:
+                continue
+            program = plugin.compile_device(device)
+            where[device.name] = index
+            if isinstance(program, StreamDecoder):
+                streams.append(StreamDevice(device, program))
+            else:
+                polled.append(ScheduledDevice(device, _polled(program)))
+        if not polled and not streams:
             log.info("bus %s has no enabled devices; not opened", bus.name)
+            continue
+        if polled and streams:
+            first = streams[0].config.name
+            problems.append(
+                Problem(
+                    f"devices[{where[first]}].bus",
+                    f"bus {bus.name!r} has streaming device(s) "
+                    f"({', '.join(d.config.name for d in streams)}) and polled device(s) "
+                    f"({', '.join(d.config.name for d in polled)}); a bus carries one kind: "
+                    "give the streaming devices a bus (port) of their own",
+                )
+            )
+            continue
+        link = plugin.open_bus(bus)
+        if streams:
+            if not isinstance(link, StreamLink):
+                raise TypeError(
+                    f"driver {bus.driver!r} compiles stream devices but its link cannot receive"
+                )
+            workers.append(StreamWorker(bus.name, link, streams, sink))
             continue
         workers.append(
             BusWorker(
                 bus.name,
-                plugin.open_bus(bus),
-                devices,
+                link,
+                polled,
                 sink,
                 request_gap=bus.request_gap,
                 connect_delay=bus.connect_delay,
             )
         )
+    if problems:
+        raise ConfigError(config.source, problems)
     return workers
+
+
+def _polled(program: DeviceProgram | StreamDecoder) -> DeviceProgram:
+    assert not isinstance(program, StreamDecoder)
+    return program
 
 
 async def poll_once(config: EdgeConfig, registry: DriverRegistry | None = None) -> list[Group]:
     """Poll every enabled device once (buses side by side, devices of a bus in turn) and
-    return the readings, without MQTT: the installer's `--once --dry-run`."""
+    return the readings, without MQTT: the installer's `--once --dry-run`. A streaming bus
+    waits for one frame of each device (at most its ``stale_after``)."""
     groups: list[Group] = []
     workers = build_workers(config, groups.extend, registry)
 
-    async def one_bus(worker: BusWorker) -> None:
+    async def one_bus(worker: Worker) -> None:
+        if isinstance(worker, StreamWorker):
+            await worker.once()
+            return
         try:
             for device in worker.devices:
                 await worker.poll(device)

@@ -56,18 +56,24 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.once:
-        return _once(config, dry_run=args.dry_run, as_json=args.json, timeout=args.timeout)
-    from edge.agent import run_agent
+    try:
+        if args.once:
+            return _once(config, dry_run=args.dry_run, as_json=args.json, timeout=args.timeout)
+        from edge.agent import run_agent
 
-    async def main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return await run_agent(config, stop=stop)
+        async def main() -> int:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            return await run_agent(config, stop=stop)
 
-    return asyncio.run(main())
+        return asyncio.run(main())
+    except ConfigError as exc:
+        # Problems only found when the buses are built (e.g. a bus mixing streaming and
+        # polled devices): reported like every other config error.
+        print(exc.render(), file=sys.stderr)
+        return 2
 
 
 def _once(config: EdgeConfig, *, dry_run: bool, as_json: bool, timeout: float) -> int:

@@ -1,0 +1,1 @@
+"""The serial-line instrument driver: devices that print lines or answer ASCII commands."""

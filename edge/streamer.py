@@ -1,0 +1,268 @@
+"""One task per streaming bus: it owns the link and reads what its devices push.
+
+The request/response bus worker (``scheduler.py``) asks and waits; a streaming device (a GPS
+printing sentences, a logger printing lines) does not wait to be asked. Its bus gets a
+:class:`StreamWorker` instead, built on the optional streaming seam of ``drivers/base.py``
+(:class:`~drivers.base.StreamLink`, :class:`~drivers.base.StreamDecoder`):
+
+* the reader reads the link continuously and feeds every chunk to each device's decoder with
+  the chunk's arrival time (``time.time_ns()`` right after the read), which becomes the sample
+  time of the frames it completes; every frame yields readings, good or bad (a bad checksum
+  or an unparsable field is a bad reading with its reason, and the next frame is read);
+* the watchdog reports what did *not* arrive: a device silent for ``stale_after`` seconds is
+  reported bad with reason ``timeout``, then once per ``interval`` while the silence lasts, so
+  a gap in the data always has a reading explaining it;
+* a lost link is reported at once (``disconnected``, then once per interval) and reopened with
+  capped, jittered backoff; after reopening, the decoders forget partial frames;
+* a device's state is logged when it changes (failing / recovered), not on every frame.
+
+:meth:`StreamWorker.once` is ``--once --dry-run`` for streams: connect, wait until every point
+of every device was reported once (or ``stale_after`` passed: ``timeout``), return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from config.device import DeviceBase
+from drivers.base import StreamDecoder, StreamLink
+from drivers.errors import DeviceTimeout, DriverError, LinkError
+from edge.backoff import Backoff
+from wire.model import Group
+
+log = logging.getLogger("fieldlink.edge")
+
+Sink = Callable[[list[Group]], None]
+
+
+@dataclass
+class StreamStats:
+    chunks: int = 0
+    groups: int = 0
+    #: Bad reports made by the watchdog (silence or a lost link), per device.
+    stale_reports: int = 0
+
+
+@dataclass
+class StreamDevice:
+    config: DeviceBase
+    program: StreamDecoder
+    stats: StreamStats = field(default_factory=StreamStats)
+    #: Monotonic time of the last frame (or of connecting, which starts the silence clock).
+    last_frame: float = 0.0
+    #: Monotonic time before which the watchdog reports nothing more for this device.
+    quiet_until: float = 0.0
+    #: Reason of the current failure, None while healthy; drives state-change logging.
+    failing: str | None = None
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        name: str,
+        link: StreamLink,
+        devices: list[StreamDevice],
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self._link = link
+        self._devices = devices
+        self._sink = sink
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self._backoff = backoff or Backoff()
+        self._connected = False
+        self._link_failure: str | None = None
+        self._wake = asyncio.Event()
+
+    @property
+    def devices(self) -> list[StreamDevice]:
+        return self._devices
+
+    async def run(self) -> None:
+        """Read until cancelled. Cancellation closes the link and propagates."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._read_forever(), name=f"stream-{self.name}-read")
+                tasks.create_task(self._watch(), name=f"stream-{self.name}-watch")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        await self._link.close()
+        self._connected = False
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        while True:
+            if not await self._connect():
+                await asyncio.sleep(self._backoff.next_delay())
+                continue
+            try:
+                while True:
+                    self._take(await self._link.receive())
+            except LinkError as exc:
+                self._lost(exc)
+                await asyncio.sleep(self._backoff.next_delay())
+
+    async def _connect(self) -> bool:
+        try:
+            await self._link.connect()
+        except DriverError as exc:
+            self._lost(exc)
+            return False
+        if self._link_failure is not None:
+            log.info("bus %s: connected again", self.name)
+        self._connected = True
+        self._link_failure = None
+        now = self._clock()
+        for device in self._devices:
+            device.program.reset()
+            device.last_frame = now  # silence is counted from here
+            device.quiet_until = 0.0
+        self._wake.set()
+        return True
+
+    def _take(self, data: bytes) -> list[Group]:
+        ts_ns = self._wall_ns()
+        now = self._clock()
+        out: list[Group] = []
+        for device in self._devices:
+            device.stats.chunks += 1
+            try:
+                groups = device.program.feed(data, ts_ns)
+            except Exception:
+                # A bug in one device's decoding must not stop the bus or the agent.
+                log.exception("device %s: decoding failed unexpectedly", device.config.name)
+                continue
+            if not groups:
+                continue
+            device.stats.groups += len(groups)
+            device.last_frame = now
+            device.quiet_until = 0.0
+            reason = next((e["r"] for g in groups for e in g.points if "r" in e), None)
+            if reason != device.failing:
+                self._note_state(device, reason)
+            self._sink(groups)
+            out.extend(groups)
+        if out:
+            self._backoff.reset()  # the link works: the next loss starts from a short delay
+        return out
+
+    def _lost(self, exc: DriverError) -> None:
+        if self._link_failure is None:
+            log.warning("bus %s: %s; retrying with backoff", self.name, exc)
+        if self._connected:
+            # Report the loss now, not when the last report's interval is over.
+            for device in self._devices:
+                device.quiet_until = 0.0
+        self._connected = False
+        self._link_failure = exc.reason
+        self._report_stale(self._clock())
+        self._wake.set()
+
+    # -- what did not arrive --------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            wake_at = self._report_stale(self._clock())
+            self._wake.clear()
+            delay = max(0.0, wake_at - self._clock())
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _report_stale(self, now: float) -> float:
+        """Report every device that is due a bad reading; return when to look again."""
+        wake_at = now + 60.0
+        for device in self._devices:
+            program = device.program
+            if self._connected:
+                reason = DeviceTimeout.reason
+                due = max(device.last_frame + program.stale_after, device.quiet_until)
+            elif self._link_failure is not None:
+                reason = self._link_failure
+                due = device.quiet_until
+            else:
+                continue  # the first connection is still being opened: nothing to say yet
+            if now >= due:
+                try:
+                    self._sink([program.stale(reason, self._wall_ns())])
+                except Exception:  # a bug in one device must not stop the bus or the agent
+                    log.exception("device %s: reporting %s failed", device.config.name, reason)
+                device.stats.stale_reports += 1
+                device.quiet_until = now + program.interval
+                if reason != device.failing:
+                    self._note_state(device, reason)
+                due = device.quiet_until
+            wake_at = min(wake_at, due)
+        return wake_at
+
+    def _note_state(self, device: StreamDevice, failure: str | None) -> None:
+        if failure is None:
+            log.info("device %s: recovered", device.config.name)
+        elif device.failing is None:
+            log.warning("device %s: failing (%s)", device.config.name, failure)
+        else:
+            log.warning("device %s: now failing with %s", device.config.name, failure)
+        device.failing = failure
+
+    # -- once ----------------------------------------------------------------------------
+
+    async def once(self) -> list[Group]:
+        """Connect, read until every point was reported once, or report what is missing.
+
+        Waits at most the longest ``stale_after`` of the bus's devices; points not reported
+        by then are bad with ``timeout`` (``disconnected`` if the link cannot be opened).
+        """
+        groups: list[Group] = []
+        missing = {id(d): set(d.program.points) for d in self._devices}
+        try:
+            try:
+                await self._link.connect()
+            except DriverError as exc:
+                reason = exc.reason
+                log.warning("bus %s: %s", self.name, exc)
+            else:
+                reason = DeviceTimeout.reason
+                limit = max(d.program.stale_after for d in self._devices)
+                try:
+                    async with asyncio.timeout(limit):
+                        while any(missing.values()):
+                            data = await self._link.receive()
+                            ts_ns = self._wall_ns()
+                            for device in self._devices:
+                                for group in device.program.feed(data, ts_ns):
+                                    fresh = [
+                                        e for e in group.points if e["p"] in missing[id(device)]
+                                    ]
+                                    missing[id(device)] -= {e["p"] for e in fresh}
+                                    if fresh:
+                                        groups.append(
+                                            Group(group.asset, group.device, group.t, fresh)
+                                        )
+                except TimeoutError:
+                    pass
+                except LinkError as exc:
+                    reason = exc.reason
+        finally:
+            await self.close()
+        for device in self._devices:
+            left = missing[id(device)]
+            if left:
+                stale = device.program.stale(reason, self._wall_ns())
+                stale.points = [e for e in stale.points if e["p"] in left]
+                groups.append(stale)
+        self._sink(groups)
+        return groups
