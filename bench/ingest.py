@@ -5,19 +5,20 @@ Two workloads, each run for every system on a fresh Mosquitto and a fresh Influx
 * **backlog**: the consumer's persistent session is created (its subscription, under its own
   client id), ``--readings`` readings are published at QoS 1 while it is away, then the
   consumer starts and drains the broker's queue. Measured from the moment the broker logs its
-  connection until the last message is queryable in InfluxDB: points/s landed, CPU seconds per
-  million points (``/proc`` of the consumer process), peak RSS, and points missing =
-  published − ``SELECT count(quality) FROM readings``.
+  connection until every published reading is queryable in InfluxDB: points/s landed, CPU
+  seconds per million points (``/proc`` of the consumer process), peak RSS, and points
+  missing = published − ``SELECT count(quality) FROM readings``. fieldlink also runs as 2 and
+  3 ingesters in one shared-subscription group (``--ingesters``), their CPU summed.
 * **steady**: the consumer runs; the publisher sends at a fixed rate (``--rates``) for
   ``--window`` seconds; measured from the first message until the last one is queryable.
 
 The load (``bench/ingest_load.py``) is realistic agent batches (``wire.codec.encode_batch``,
 1,000 readings per message from 10 agents × 10 devices × 100 points by default), every reading
 on its own series and timestamp. fieldlink runs as ``python -m fieldlink cloud run`` with its
-shipped defaults (acknowledge after the write, batches of 5,000 points or 0.5 s,
-receive_maximum 1,000); the baseline is ``bench/baseline/naive_ingest.py`` with the same batch
-size. InfluxDB's own limit is measured too: the backlog as the very lines the ingester writes,
-built beforehand and POSTed by 1 and 2 writers (``bench/ingest_direct.py``).
+shipped defaults (acknowledge after the write, batches of 5,000 points or 0.5 s, two writes
+in flight, receive_maximum 1,000); the baseline is ``bench/baseline/naive_ingest.py`` with the
+same batch size. InfluxDB's own limit is measured too: the backlog as the very lines the
+ingester writes, built beforehand and POSTed by 1 and 2 writers (``bench/ingest_direct.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -40,6 +42,7 @@ from rich.console import Console
 
 from bench.ingest_load import LastMessage, Plant
 from bench.ingest_stack import (
+    GROUP_SUBSCRIPTION,
     REPO,
     SYSTEMS,
     BenchError,
@@ -49,17 +52,18 @@ from bench.ingest_stack import (
     Stack,
     child_env,
     children,
+    member_id,
     prime_session,
     start_consumer,
+    start_members,
     wait_idle,
     workspace,
 )
-from bench.measure import ProcessSample, cpu_seconds
+from bench.measure import ProcessSample, cpu_seconds, group_cpu_seconds
 from bench.profile import py_spy, summarise
 from bench.report import Row, append_results, new_run_id, print_table
 
 COLUMNS = [
-    "points",
     "points_per_s",
     "cpu_s_per_million",
     "cpu_pct",
@@ -67,6 +71,8 @@ COLUMNS = [
     "missing",
     "seconds",
     "influx_cpu_s_per_million",
+    "influx_cpu_pct",
+    "host_cpu_pct",
     "other_cpu_pct",
 ]
 #: Other processes' CPU (% of one core) above which a row is flagged as measured on a busy
@@ -74,11 +80,6 @@ COLUMNS = [
 BUSY_OTHERS = 25.0
 #: Consumer CPU must stay flat this long (and the last message not land) to call it stalled.
 STALL_SECONDS = 10.0
-SHARED_NOTE = (
-    "1 ingester only: 2 and 3 ingesters need a shared-subscription group ($share/<group>/...), "
-    "which config/cloud.py and cloud/mqtt.py do not support yet (issue 5); N ingesters on the "
-    "plain topic would each write every reading"
-)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -115,6 +116,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--no-backlog", dest="backlog", action="store_false", help="skip the backlog workload"
+    )
+    parser.add_argument(
+        "--ingesters",
+        default="1,2,3",
+        help="fieldlink on the backlog with these numbers of ingester processes; 2 and more "
+        "share one subscription group (mqtt.group) (default 1,2,3; 1 with --smoke)",
     )
     parser.add_argument(
         "--no-direct",
@@ -224,48 +231,62 @@ def _last(done: dict[str, Any]) -> LastMessage:
 
 @dataclass
 class Landing:
-    """What watching a consumer drain produced."""
+    """What watching the consumer(s) drain produced."""
 
     landed: bool
     ended: float  # monotonic
-    sample: ProcessSample
+    samples: list[ProcessSample]
     host: HostLoad
     why: str = ""
 
 
 def _watch(
-    consumer: Child,
+    consumers: list[Child],
     reader: InfluxReader,
     last: LastMessage,
-    sample: ProcessSample,
+    published: int,
+    samples: list[ProcessSample],
     host: HostLoad,
     started: float,
     deadline: float,
 ) -> Landing:
-    """Poll until the last message is queryable, the consumer stalls or dies, or the deadline."""
+    """Poll until every published reading is queryable, a consumer stalls or dies, or the
+    deadline.
+
+    Counting a million points is too heavy to repeat 20 times a second (it would slow
+    InfluxDB down), so the poll first waits for the last message's last reading (one series
+    at one time), then for that whole message, and only then counts everything until the
+    count is complete: with writes in flight concurrently, or several ingesters, the last
+    message published is not always the last one to land. The run ends when a complete
+    count comes back (so it includes at most one count query's duration).
+    """
     next_rss = 0.0
-    cpu_mark, cpu_mark_at = cpu_seconds(consumer.pid), time.monotonic()
+    pids = [c.pid for c in consumers]
+    cpu_mark, cpu_mark_at = group_cpu_seconds(pids), time.monotonic()
+    last_seen = False
     while True:
         now = time.monotonic()
         if now >= next_rss:
-            sample.poll_rss()
+            for sample in samples:
+                sample.poll_rss()
             next_rss = now + 0.5
-        # One series at one time: cheap enough to ask 20 times a second without weighing on
-        # InfluxDB; then the whole last message, once, to be sure.
-        if reader.count(last.last_reading):
-            at = time.monotonic()
-            if reader.count(last.where) >= last.readings:
-                return Landing(True, at, sample, host)
-        if not consumer.alive():
-            return Landing(False, now, sample, host, f"{consumer.name} exited")
-        cpu = cpu_seconds(consumer.pid)
+        if not last_seen:
+            last_seen = bool(reader.count(last.last_reading)) and (
+                reader.count(last.where) >= last.readings
+            )
+        if last_seen and reader.count() >= published:
+            return Landing(True, time.monotonic(), samples, host)
+        dead = [c.name for c in consumers if not c.alive()]
+        if dead:
+            return Landing(False, now, samples, host, f"{', '.join(dead)} exited")
+        cpu = group_cpu_seconds(pids)
         if cpu - cpu_mark > 0.05:
             cpu_mark, cpu_mark_at = cpu, now
         elif now - cpu_mark_at > STALL_SECONDS:
-            return Landing(False, now, sample, host, f"stalled: no CPU for {STALL_SECONDS:g} s")
+            return Landing(False, now, samples, host, f"stalled: no CPU for {STALL_SECONDS:g} s")
         if now - started > deadline:
-            return Landing(False, now, sample, host, f"deadline of {deadline:g} s")
-        time.sleep(0.05)
+            return Landing(False, now, samples, host, f"deadline of {deadline:g} s")
+        time.sleep(0.2 if last_seen else 0.05)
 
 
 def _py_spy(
@@ -308,7 +329,6 @@ def _py_spy_done(spy: Child | None) -> None:
 def _common(
     system: str,
     stack: Stack,
-    consumer: Child,
     landing: Landing,
     started: float,
     published: int,
@@ -316,12 +336,14 @@ def _common(
     reader: InfluxReader,
     publisher_cpu: float = 0.0,
 ) -> dict[str, float | int | str | None]:
-    figures = landing.sample.end()
+    ends = [sample.end() for sample in landing.samples]
+    cpu_s = sum(end.cpu_s for end in ends)
+    peak_rss = max(end.peak_rss_mib for end in ends)
     host_pct = landing.host.pct()
     window = time.monotonic() - landing.host.started
     services = {name: cpu - services0[name] for name, cpu in _service_cpu(stack).items()}
     influx_cpu = services.get("influxd", 0.0)
-    ours = figures.cpu_s + sum(services.values()) + publisher_cpu + landing.host.own_cpu()
+    ours = cpu_s + sum(services.values()) + publisher_cpu + landing.host.own_cpu()
     stored = reader.count()
     seconds = landing.ended - started
     per_million = 1e6 / stored if stored else float("nan")
@@ -331,16 +353,27 @@ def _common(
         "missing": published - stored,
         "seconds": round(seconds, 3),
         "points_per_s": round(stored / seconds, 1) if seconds > 0 else None,
-        "cpu_s": round(figures.cpu_s, 3),
-        "cpu_s_per_million": round(figures.cpu_s * per_million, 3),
-        "cpu_pct": round(100 * figures.cpu_s / seconds, 1) if seconds > 0 else None,
-        "rss_mib": round(figures.peak_rss_mib, 1),
+        "cpu_s": round(cpu_s, 3),
+        "cpu_s_per_million": round(cpu_s * per_million, 3),
+        "cpu_pct": round(100 * cpu_s / seconds, 1) if seconds > 0 else None,
+        "rss_mib": round(peak_rss, 1),
         "influx_cpu_s_per_million": round(influx_cpu * per_million, 3),
+        # Where the machine's CPU went (% of one core): with the host near 100 % × cores, the
+        # run was bound by the machine, not by any one process.
+        "influx_cpu_pct": round(100 * influx_cpu / window, 1),
+        "broker_cpu_pct": round(100 * services.get("mosquitto", 0.0) / window, 1),
+        # The most points/s this machine could carry if it did nothing else: all its cores
+        # divided by what one point cost the consumer(s), influxd and Mosquitto together.
+        "machine_limit_pts_s": round(
+            (os.cpu_count() or 1) * stored / (cpu_s + sum(services.values())), 1
+        )
+        if stored and cpu_s + sum(services.values()) > 0
+        else None,
         "host_cpu_pct": host_pct,
         # The machine minus what this run started: other users of a shared machine.
         "other_cpu_pct": round(max(0.0, host_pct - 100 * ours / window), 1),
         "landed": int(landing.landed),
-        "ingesters": 1,
+        "ingesters": len(landing.samples),
     }
 
 
@@ -350,11 +383,23 @@ def _service_cpu(stack: Stack) -> dict[str, float]:
 
 
 def measure_backlog(
-    system: str, args: argparse.Namespace, plant: Plant, rundir: Path, workload: str
+    system: str,
+    args: argparse.Namespace,
+    plant: Plant,
+    rundir: Path,
+    workload: str,
+    ingesters: int = 1,
 ) -> Row:
+    """One backlog run. ``ingesters`` > 1 (fieldlink only): that many ingester processes in
+    one shared-subscription group, each with its own persistent session primed beforehand,
+    so the broker splits the backlog between their queues as it is published."""
     rundir.mkdir(parents=True, exist_ok=True)
     with Stack(rundir / "services") as stack, children() as kids:
-        prime_session(stack.broker, system)
+        if ingesters == 1:
+            prime_session(stack.broker, system)
+        else:
+            for index in range(ingesters):
+                prime_session(stack.broker, system, GROUP_SUBSCRIPTION, member_id(index))
         load = Load(stack, plant, rundir / "load.log", ["--readings", str(args.readings)])
         try:
             done = load.wait("done", timeout=args.deadline)
@@ -363,21 +408,38 @@ def measure_backlog(
         published, last = int(done["readings"]), _last(done)
         idle = _wait_idle(args)
         spawned = time.monotonic()
-        consumer, started = start_consumer(system, stack, rundir, kids)
-        sample = ProcessSample.begin(consumer.pid)
+        if ingesters == 1:
+            consumer, started = start_consumer(system, stack, rundir, kids)
+            consumers = [consumer]
+        else:
+            consumers, started = start_members(stack, rundir, kids, ingesters)
+        samples = [ProcessSample.begin(c.pid) for c in consumers]
         host = HostLoad()
         services0 = _service_cpu(stack)
-        spy = _py_spy(args, system, consumer.pid, rundir.name, kids)
+        spy = _py_spy(args, system, consumers[0].pid, rundir.name, kids)
         reader = InfluxReader(stack.influx)
-        landing = _watch(consumer, reader, last, sample, host, started, args.deadline)
+        landing = _watch(consumers, reader, last, published, samples, host, started, args.deadline)
         _py_spy_done(spy)
-        figures = _common(system, stack, consumer, landing, started, published, services0, reader)
+        figures = _common(system, stack, landing, started, published, services0, reader)
         figures["startup_s"] = round(started - spawned, 3)
         figures["per_message"] = plant.per_message
         figures["publish_s"] = round(float(done["seconds"]), 3)
+        if ingesters > 1:
+            # How the broker split the backlog: the readings each member wrote (its summary).
+            figures["written_by_member"] = " / ".join(str(_written(c)) for c in consumers)
         reader.close()
-        notes = _notes(system, landing, idle)
-    return Row("ingest", system, workload, figures, notes)
+        notes = _notes(system, landing, idle, ingesters)
+    name = system if ingesters == 1 else f"{system} ×{ingesters}"
+    return Row("ingest", name, workload, figures, notes)
+
+
+def _written(consumer: Child) -> str:
+    """Readings a fieldlink ingester says it wrote (its stop summary), or '?'."""
+    consumer.stop()
+    for line in reversed(consumer.output().splitlines()):
+        if "ingester stopped" in line and "wrote " in line:
+            return line.split("wrote ", 1)[1].split(" ", 1)[0]
+    return "?"
 
 
 def measure_steady(
@@ -411,11 +473,13 @@ def measure_steady(
         finally:
             load.close()
         published, last = int(done["readings"]), _last(done)
-        landing = _watch(consumer, reader, last, sample, host, started, args.deadline)
+        landing = _watch(
+            [consumer], reader, last, published, [sample], host, started, args.deadline
+        )
         _py_spy_done(spy)
         publisher_cpu = float(done["cpu_s"]) - float(start["cpu_s"])
         figures = _common(
-            system, stack, consumer, landing, started, published, services0, reader, publisher_cpu
+            system, stack, landing, started, published, services0, reader, publisher_cpu
         )
         figures["offered_per_s"] = rate
         figures["drain_s"] = round(landing.ended - float(done["published_mono"]), 3)
@@ -429,14 +493,15 @@ def _wait_idle(args: argparse.Namespace) -> bool:
     return args.wait_idle <= 0 or wait_idle(args.wait_idle)
 
 
-def _notes(system: str, landing: Landing, idle: bool) -> str:
+def _notes(system: str, landing: Landing, idle: bool, ingesters: int = 1) -> str:
     notes = []
     if not landing.landed:
         notes.append(f"NOT LANDED: {landing.why}")
     if not idle:
         notes.append("machine was busy at start")
     if system == "fieldlink":
-        notes.append("ack after write, 1 ingester")
+        members = "1 ingester" if ingesters == 1 else f"{ingesters} ingesters, shared group"
+        notes.append(f"ack after write, {members}")
     else:
         notes.append("auto-ack on receipt")
     return "; ".join(notes)
@@ -495,6 +560,16 @@ def measure_direct(
     return Row("ingest", "influxdb-direct", workload, figures, notes)
 
 
+def _ingesters(text: str) -> list[int]:
+    try:
+        counts = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise SystemExit(f"--ingesters: expected counts like 1,2,3, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise SystemExit(f"--ingesters: expected counts of at least 1, got {text!r}")
+    return counts
+
+
 def _systems(text: str) -> list[str]:
     systems = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
@@ -509,14 +584,16 @@ def run(args: argparse.Namespace) -> int:
         args.readings = min(args.readings, 20_000)
         args.rates = ""
         args.direct = False
+        args.ingesters = "1"
         args.deadline = min(args.deadline, 60.0)
         args.wait_idle = 0.0
     systems = _systems(args.systems)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    ingesters = _ingesters(args.ingesters)
     plant = Plant.for_message_size(args.per_message)
     run_id = new_run_id()
     rows: list[Row] = []
-    console.print(f"[bold]ingest[/bold] run {run_id}: {SHARED_NOTE}")
+    console.print(f"[bold]ingest[/bold] run {run_id}")
     with workspace(args.workdir, "fieldlink-bench-ingest-") as work:
         for rep in range(args.repeat):
             suffix = f"-{rep + 1}" if args.repeat > 1 else ""
@@ -524,12 +601,14 @@ def run(args: argparse.Namespace) -> int:
             if args.backlog:
                 workload = f"backlog {args.readings:,}{label}"
                 for system in systems:
-                    console.print(f"{workload}: {system}…")
-                    row = measure_backlog(
-                        system, args, plant, work / f"backlog-{system}{suffix}", workload
-                    )
-                    rows.append(row)
-                    _say(console, row)
+                    counts = ingesters if system == "fieldlink" else [1]
+                    for count in counts:
+                        name = system if count == 1 else f"{system} ×{count}"
+                        console.print(f"{workload}: {name}…")
+                        rundir = work / f"backlog-{system}{count if count > 1 else ''}{suffix}"
+                        row = measure_backlog(system, args, plant, rundir, workload, count)
+                        rows.append(row)
+                        _say(console, row)
             for rate in rates:
                 workload = f"steady {rate:,.0f}/s × {args.window:g}s{label}"
                 for system in systems:
@@ -605,8 +684,65 @@ def verdicts(rows: list[Row]) -> list[str]:
                 f"{row.workload}: points/s {rate:,.0f} vs naive {rate_base:,.0f} "
                 f"({rate / rate_base:.2f}×, target ≥ 1.25×) " + _pass(ok)
             )
-    out.append(f"3 ingesters ≥ 2 × 1 ingester: [yellow]NOT MEASURED[/yellow] — {SHARED_NOTE}")
+    out.extend(_scale_verdicts(rows))
     return out
+
+
+def _scale_verdicts(rows: list[Row]) -> list[str]:
+    """3 ingesters ≥ 2 × 1 ingester's points/s, or InfluxDB's own limit (the best
+    ``influxdb-direct`` row: pre-built lines, 1 or 2 writers), per backlog workload."""
+    out = []
+    for row in rows:
+        if row.system != "fieldlink ×3":
+            continue
+        one = next(
+            (r for r in rows if r.system == "fieldlink" and r.workload == row.workload), None
+        )
+        suffix = row.workload.partition(" #")[2]
+        direct = [
+            _f(r.figures.get("points_per_s")) or 0.0
+            for r in rows
+            if r.system == "influxdb-direct" and r.workload.partition(" #")[2] == suffix
+        ]
+        rate = _f(row.figures.get("points_per_s"))
+        base = _f(one.figures.get("points_per_s")) if one is not None else None
+        if rate is None or not base:
+            continue
+        limit = max(direct, default=0.0)
+        machine = _f(row.figures.get("machine_limit_pts_s"))
+        text = f"{row.workload}: 3 ingesters {rate:,.0f} points/s = {rate / base:.2f}× 1 ingester"
+        if limit:
+            text += f", {rate / limit:.0%} of InfluxDB's own limit ({limit:,.0f}, direct)"
+        if machine:
+            text += f", {rate / machine:.0%} of the machine's CPU limit ({machine:,.0f})"
+        if rate >= 2 * base:
+            out.append(text + " (target ≥ 2×) " + _pass(True))
+        elif limit and rate >= 0.9 * limit:
+            out.append(text + " (target: ≥ 2× or InfluxDB's limit; at the limit) " + _pass(True))
+        else:
+            out.append(text + " (target: ≥ 2× or ≥ 90 % of InfluxDB's limit) " + _pass(False))
+            out.append("  " + _bound(row))
+    if not out:
+        out.append("3 ingesters ≥ 2 × 1 ingester: [yellow]NOT MEASURED[/yellow] (--ingesters)")
+    return out
+
+
+def _bound(row: Row) -> str:
+    """Where the CPU went during a run, to tell what bounds it."""
+    f = row.figures
+    host = _f(f.get("host_cpu_pct")) or 0.0
+    capacity = 100.0 * (os.cpu_count() or 1)
+    parts = (
+        f"host {host:.0f} % of {capacity:.0f} %: influxd {f.get('influx_cpu_pct')} %, "
+        f"ingester(s) {f.get('cpu_pct')} %, Mosquitto {f.get('broker_cpu_pct')} %, "
+        f"others {f.get('other_cpu_pct')} %"
+    )
+    if host >= 0.9 * capacity:
+        return (
+            f"bound by the machine's CPU ({parts}); InfluxDB's own limit was measured with "
+            "the machine to itself"
+        )
+    return f"not CPU-bound on the host ({parts})"
 
 
 def _f(value: object) -> float | None:

@@ -1,6 +1,7 @@
 """InfluxDB's own limit on this machine: the backlog's readings as line protocol, built before
-the clock starts (the backlog's messages run through ``cloud.validate.check_message``, so these
-are exactly the lines the ingester writes, ``seq`` field included), then POSTed in bodies of
+the clock starts (the backlog's messages run through the ingester's own encoder,
+``cloud.encoder.MessageEncoder``, so these are exactly the lines the ingester writes, ``seq``
+field included), then POSTed in bodies of
 ``--batch`` lines by ``--writers`` keep-alive connections, each in its own thread (the
 threads wait on sockets, not on the GIL).
 
@@ -22,25 +23,18 @@ from urllib.parse import urlencode, urlsplit
 from bench.ingest_load import Plant, backlog
 from bench.ingest_stack import DATABASE, MEASUREMENT
 from bench.measure import cpu_seconds
-from cloud.validate import check_message
+from cloud.encoder import MessageEncoder
 from config.cloud import IngestSection
 from wire.topics import ROOT
 
 
 def bodies(plant: Plant, readings: int, batch: int) -> list[bytes]:
     base = time.time_ns() - 3_600_000_000_000
-    limits = IngestSection()
+    encoder = MessageEncoder(root=ROOT, measurement=MEASUREMENT, limits=IngestSection())
     lines: list[bytes] = []
     out: list[bytes] = []
     for topic, payload, _last in backlog(plant, readings, base):
-        checked = check_message(
-            topic,
-            payload,
-            root=ROOT,
-            measurement=MEASUREMENT,
-            limits=limits,
-            now_ns=time.time_ns(),
-        )
+        checked = encoder.check(topic, payload, time.time_ns())
         lines.extend(_as_bytes(line) for line in checked.lines)
         while len(lines) >= batch:
             out.append(b"\n".join(lines[:batch]))

@@ -55,6 +55,9 @@ max_inflight_messages 1000
 """
 #: The fieldlink ingester's client id in the benchmarks, and the naive script's.
 FIELDLINK_CLIENT = "bench-fieldlink-ingester"
+#: The shared-subscription group of the benchmark's 2 or 3 ingesters (``mqtt.group``).
+GROUP = "bench"
+GROUP_SUBSCRIPTION = f"$share/{GROUP}/{SUBSCRIPTION}"
 NAIVE_CLIENT = "bench-naive-ingester"
 SYSTEMS = ("naive", "fieldlink")
 
@@ -108,14 +111,20 @@ class Stack:
 # --- MQTT sessions -----------------------------------------------------------------------------
 
 
-def prime_session(broker: Mosquitto, system: str, topic: str = SUBSCRIPTION) -> None:
+def prime_session(
+    broker: Mosquitto, system: str, topic: str = SUBSCRIPTION, client_id: str | None = None
+) -> None:
     """Create the consumer's persistent session (its subscription) and disconnect, so that the
     broker queues everything published from now on for it — as it does for a real ingester
-    that is down. Uses the consumer's own client id and protocol version."""
+    that is down. Uses the consumer's own client id and protocol version. For members of a
+    shared-subscription group, ``topic`` is ``$share/<group>/...`` and ``client_id`` the
+    member's: Mosquitto hands each message to one member's session, online or not."""
     done = threading.Event()
     if system == "fieldlink":
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=FIELDLINK_CLIENT, protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or FIELDLINK_CLIENT,
+            protocol=paho.MQTTv5,
         )
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600
@@ -170,17 +179,33 @@ def cloud_config(broker: Mosquitto, influx: InfluxDB1, **overrides: Any) -> dict
     return doc
 
 
+def member_id(index: int) -> str:
+    """The client id of member ``index`` (0-based) of the benchmark's ingester group."""
+    return f"{FIELDLINK_CLIENT}-{index + 1}"
+
+
 def consumer_command(
-    system: str, stack: Stack, workdir: Path, topic: str = SUBSCRIPTION
+    system: str,
+    stack: Stack,
+    workdir: Path,
+    topic: str = SUBSCRIPTION,
+    *,
+    member: int | None = None,
 ) -> tuple[list[str], str]:
     """The argv that runs ``system``'s consumer, and its MQTT client id. fieldlink always
-    subscribes to the data topics; the naive script subscribes to ``topic``."""
+    subscribes to the data topics — as member ``member`` of the shared-subscription group
+    :data:`GROUP` when given (``mqtt.group``, its own client id); the naive script subscribes
+    to ``topic``."""
     if system == "fieldlink":
-        path = workdir / "cloud.yaml"
+        client_id = FIELDLINK_CLIENT if member is None else member_id(member)
+        mqtt: dict[str, Any] = {"client_id": client_id}
+        if member is not None:
+            mqtt["group"] = GROUP
+        path = workdir / ("cloud.yaml" if member is None else f"cloud-{member + 1}.yaml")
         # JSON is YAML: no YAML writer needed.
-        path.write_text(json.dumps(cloud_config(stack.broker, stack.influx), indent=2))
-        command = [sys.executable, "-m", "fieldlink", "--log-level", "WARNING"]
-        return [*command, "cloud", "run", str(path)], FIELDLINK_CLIENT
+        path.write_text(json.dumps(cloud_config(stack.broker, stack.influx, mqtt=mqtt), indent=2))
+        command = [sys.executable, "-m", "fieldlink", "--log-level", "INFO"]
+        return [*command, "cloud", "run", str(path)], client_id
     if system == "naive":
         return [
             sys.executable,
@@ -255,6 +280,37 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+def start_members(
+    stack: Stack, rundir: Path, kids: list[Child], count: int
+) -> tuple[list[Child], float]:
+    """Start ``count`` fieldlink ingesters of one shared-subscription group (appended to
+    ``kids``) all at once; return them and the monotonic time at which the broker logged the
+    first one's connection (messages flow from then on)."""
+    offset = log_size(stack.broker.log_path)
+    members: list[tuple[Child, str]] = []
+    for index in range(count):
+        argv, client_id = consumer_command("fieldlink", stack, rundir, member=index)
+        child = Child(f"fieldlink-{index + 1}", argv, rundir / f"{client_id}-ingest.log")
+        kids.append(child)
+        members.append((child, client_id))
+    first: float | None = None
+    deadline = time.monotonic() + 60
+    waiting = dict(members)
+    while waiting:
+        for child, client_id in list(waiting.items()):
+            if not child.alive():
+                raise BenchError(f"{child.name} exited at start:\n{child.tail()}")
+            if client_connected_at(stack.broker, client_id, offset):
+                first = first if first is not None else time.monotonic()
+                del waiting[child]
+        if time.monotonic() > deadline:
+            names = ", ".join(child.name for child in waiting)
+            raise BenchError(f"{names} did not connect to the broker within 60 s")
+        time.sleep(0.02)
+    assert first is not None
+    return [child for child, _ in members], first
 
 
 def start_consumer(

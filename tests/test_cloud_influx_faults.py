@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import Iterator
 
 import pytest
 from faultproxy import FaultProxy
 from helpers import InfluxDatabase, async_wait_for
-from test_cloud_ingester import Publisher, count, make_config, now_ns, running
+from test_cloud_ingester import Publisher, Watcher, count, make_config, now_ns, running
 
 from cloud.ingester import Ingester
 from fieldlink.localstack import InfluxDB1, Mosquitto
-from wire.codec import encode_batch
+from wire.codec import decode_confirm, encode_batch
 from wire.model import Reading
-from wire.topics import data_topic
+from wire.topics import confirm_topic, data_topic
 
 #: How long InfluxDB stays down in the outage test (the delivery issue asks for 60 s).
 OUTAGE_SECONDS = 60.0
@@ -182,3 +183,54 @@ async def test_write_bodies_are_gzipped_when_configured(
         )
     # "auto" leaves loopback traffic uncompressed: gzip would only cost CPU there.
     assert {body[:2] == b"\x1f\x8b" for body in bodies} == {gzipped}
+
+
+async def test_a_second_write_goes_out_while_the_first_is_held_yet_confirms_stay_in_order(
+    mosquitto: Mosquitto,
+    influx_db: InfluxDatabase,
+    proxy: FaultProxy,
+    publisher: Publisher,
+    unique_id: str,
+) -> None:
+    """InfluxDB sits on the first batch: the second batch is written meanwhile (two writes in
+    flight), but the agent hears of neither until the first is written, then of seq 1 before
+    seq 2 — acknowledgements and confirmations follow arrival order, not write order."""
+    held, release = threading.Event(), threading.Event()
+    writes = itertools.count()
+
+    def hold_first(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.startswith("/write") and next(writes) == 0:
+            held.set()
+            release.wait(30)  # the proxy's handler thread for this request only
+        return None
+
+    proxy.fault = hold_first
+    influx = {"api": "v1", "url": proxy.url, "database": influx_db.name}
+    batch = {"max_points": 50, "max_delay": 0.05}  # one message, one batch
+    ingester = Ingester(make_config(mosquitto, influx, unique_id, batch=batch))
+    confirms = Watcher(mosquitto, confirm_topic("plant-a", "gw-01", root=unique_id))
+    topic = data_topic("plant-a", "gw-01", root=unique_id)
+    t = now_ns()
+    try:
+        async with running(ingester):
+            first = encode_batch("plant-a", "gw-01", readings(t, 50), seq=1)
+            await asyncio.to_thread(publisher.publish, topic, first)
+            await async_wait_for(held.is_set, message="the first write held by InfluxDB")
+            second = encode_batch("plant-a", "gw-01", readings(t + 1000, 50), seq=2)
+            await asyncio.to_thread(publisher.publish, topic, second)
+            await async_wait_for(
+                lambda: count(influx_db.service, influx_db.name) == 50,
+                message="the second batch stored while the first is held",
+            )
+            release.set()
+            await async_wait_for(
+                lambda: (
+                    count(influx_db.service, influx_db.name) == 100 and len(confirms.messages) >= 2
+                ),
+                message="both batches stored and confirmed",
+            )
+    finally:
+        release.set()
+        confirms.close()
+    ranges = [decode_confirm(payload)[1] for _, payload in confirms.messages]
+    assert ranges == [[(1, 1)], [(2, 2)]]

@@ -179,6 +179,13 @@ _PV = frozenset({"p", "v"})
 _PVU = frozenset({"p", "v", "u"})
 
 
+def check_point(entry: object, path: str) -> None:
+    """Check one point entry exactly as :func:`decode_batch` does; raise :class:`PayloadError`
+    naming ``path``. For a consumer with its own fast route for the common entries (the
+    ingester's one-pass encoder) that hands every other entry here."""
+    _point_problem(entry, path)
+
+
 def _point_problem(entry: object, path: str) -> None:
     """Check a point the fast path did not accept; raise naming the path, or return if it
     is valid after all (a bad or uncertain reading)."""
