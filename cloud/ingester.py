@@ -9,12 +9,12 @@ which overwrites identical points.
 Concurrency: paho's network thread hands messages to this module's event loop (see
 :mod:`cloud.mqtt`). The loop validates and encodes messages into a batch; a full (or due) batch
 is handed to a write task and the loop goes on with the next one while the write is in flight.
-Up to :data:`WRITES_IN_FLIGHT` batches are written at once, each by its own writer (one HTTP
-connection) in a worker thread (``asyncio.to_thread``): InfluxDB takes more points/s from two
-concurrent writers than from one, and validation overlaps the writes instead of waiting for
-them. Batches are *finished* — confirmed to the agents, then acknowledged to the broker —
-strictly in the order they were filled, whatever order their writes complete in, so the
-guarantee above holds: a message is acknowledged after its own points and those of every
+Up to ``batch.writes_in_flight`` (default 2) batches are written at once, each by its own
+writer (one HTTP connection) in a worker thread (``asyncio.to_thread``): InfluxDB takes more
+points/s from two concurrent writers than from one, and validation overlaps the writes instead
+of waiting for them. Batches are *finished* — confirmed to the agents, then acknowledged to the
+broker — strictly in the order they were filled, whatever order their writes complete in, so
+the guarantee above holds: a message is acknowledged after its own points and those of every
 earlier message are written. Each resource has one owner: :class:`Ingester.run` opens and
 closes the MQTT link and the writers.
 """
@@ -54,12 +54,6 @@ from wire.topics import confirm_topic, deadletter_topic
 
 log = logging.getLogger(__name__)
 
-#: Batches written at once (each by its own writer and HTTP connection). Two overlap
-#: InfluxDB's work on one batch with the round trip and parsing of the next, and InfluxDB 1.x
-#: took 1.2–2.5× the points/s from two writers as from one in five of six runs here (0.8× in
-#: one on a busy machine; bench/README.md); more were not measured, and each holds one more
-#: batch unacknowledged.
-WRITES_IN_FLIGHT = 2
 #: Most seqs per agent remembered as not arrived (bounds memory if an agent's seqs jump).
 MAX_TRACKED_MISSING = 100_000
 #: Seconds between two summary log lines.
@@ -105,8 +99,10 @@ class Ingester:
         summary_interval: float = SUMMARY_INTERVAL,
         retry_first: float = RETRY_FIRST,
         retry_cap: float = RETRY_CAP,
-        writes_in_flight: int = WRITES_IN_FLIGHT,
+        writes_in_flight: int | None = None,
     ) -> None:
+        if writes_in_flight is None:
+            writes_in_flight = config.batch.writes_in_flight
         if writes_in_flight < 1:
             raise ValueError("writes_in_flight must be at least 1")
         self.config = config

@@ -175,6 +175,20 @@ class BatchSection(StrictModel):
         le=60,
         description="Seconds the first waiting point may wait before the batch is written.",
     )
+    # Two overlap InfluxDB's work on one batch with the round trip and parsing of the next;
+    # InfluxDB 1.x took 1.2-2.5x the points/s from two writers as from one in five of six
+    # runs of `bench ingest` (0.8x in one on a busy machine). More were not measured, and
+    # each holds one more batch unacknowledged.
+    writes_in_flight: int = Field(
+        default=2,
+        ge=1,
+        le=8,
+        description=(
+            "Batches written to InfluxDB at once, each over its own connection, while the next "
+            "is validated; acknowledgements and confirms still go out in arrival order. 1 "
+            "writes strictly one batch after the other."
+        ),
+    )
 
 
 class IngestSection(StrictModel):

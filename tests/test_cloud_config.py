@@ -79,6 +79,7 @@ def test_examples_and_defaults() -> None:
     assert minimal.influx.url == "http://h:8086"
     assert minimal.influx.measurement == "readings"
     assert (minimal.batch.max_points, minimal.batch.max_delay) == (5000, 0.5)
+    assert minimal.batch.writes_in_flight == 2
     assert (minimal.ingest.max_future, minimal.ingest.max_age) == (300, None)
 
 
