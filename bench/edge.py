@@ -49,6 +49,8 @@ from fieldlink.localstack import Mosquitto
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("fieldlink", "naive")
+#: The agent of another checkout (``--ref-tree``): before/after a change, in the same run.
+REF_SYSTEM = "fieldlink-ref"
 DEFAULT_WORKLOADS = "20x100@1,100x100@1,1000x100@1"
 SMOKE_WORKLOAD = "4x20@0.5"
 #: The broker must never be what drops readings: no queue or in-flight limits per client.
@@ -97,6 +99,8 @@ class Settings:
     wait_idle: float = 0.0
     #: Sample the system with py-spy during the window (costs it a few % of CPU).
     profile: bool = False
+    #: Another checkout of fieldlink, run as the system ``fieldlink-ref`` (``--ref-tree``).
+    ref_tree: Path | None = None
 
 
 class BenchError(RuntimeError):
@@ -154,12 +158,14 @@ def _tail(path: Path, chars: int = 1500) -> str:
 
 @contextlib.contextmanager
 def _running(
-    argv: list[str], log: Path, stdout_pipe: bool = False
+    argv: list[str], log: Path, stdout_pipe: bool = False, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in ``cwd``: ``python -m fieldlink`` imports the tree it is started in
+    (``sys.path[0]``), which is how ``--ref-tree`` runs another checkout's agent."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if stdout_pipe else out,
             stderr=out,
@@ -180,7 +186,7 @@ def _system_argv(
 ) -> tuple[list[str], str]:
     """The command that runs ``system`` and the topic it publishes to."""
     endpoint = (broker.host, broker.port)
-    if system == "fieldlink":
+    if system in ("fieldlink", REF_SYSTEM):
         config = workdir / "agent.yaml"
         spool = str(workdir / "agent.spool")
         config.write_text(to_yaml(edge_config(workload, farm.endpoints, endpoint, spool=spool)))
@@ -231,7 +237,7 @@ def run_system(system: str, workload: Workload, farm: Farm, settings: Settings) 
             "--topic",
             topic,
             "--format",
-            system,
+            "naive" if system == "naive" else "fieldlink",
             "--out",
             str(sub_out),
             "--validate-every",
@@ -249,7 +255,8 @@ def run_system(system: str, workload: Workload, farm: Farm, settings: Settings) 
             lines.wait_for("ready", 30.0, sub_alive)
             log = workdir / f"{system}.log"
             started = time.monotonic()
-            with _running(argv, log) as proc:
+            cwd = settings.ref_tree if system == REF_SYSTEM and settings.ref_tree else ROOT
+            with _running(argv, log, cwd=cwd) as proc:
 
                 def alive() -> str | None:
                     if proc.poll() is not None:
@@ -611,7 +618,12 @@ def run(args: argparse.Namespace) -> int:
         for w in (args.workloads or (SMOKE_WORKLOAD if smoke else DEFAULT_WORKLOADS)).split(",")
     ]
     systems = [s for s in args.systems.split(",") if s]
-    unknown = set(systems) - set(SYSTEMS)
+    if args.ref_tree is not None:
+        if not (args.ref_tree / "edge" / "cli.py").is_file():
+            console.print(f"--ref-tree {args.ref_tree}: not a fieldlink checkout (no edge/cli.py)")
+            return 2
+        systems.insert(0, REF_SYSTEM)
+    unknown = set(systems) - {*SYSTEMS, REF_SYSTEM}
     if unknown:
         console.print(
             f"unknown system(s): {', '.join(sorted(unknown))}; known: {', '.join(SYSTEMS)}"
@@ -628,6 +640,7 @@ def run(args: argparse.Namespace) -> int:
         workdir=workdir,
         wait_idle=args.wait_idle,
         profile=args.profile,
+        ref_tree=args.ref_tree,
     )
     run_id = new_run_id()
     rows: list[Row] = []
@@ -735,6 +748,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--profile",
         action="store_true",
         help="sample each system with py-spy during its window and print the hot spots",
+    )
+    parser.add_argument(
+        "--ref-tree",
+        type=Path,
+        metavar="DIR",
+        help="also run the agent of another fieldlink checkout (e.g. a copy of the tree before "
+        f"a change) as system {REF_SYSTEM}, first, on the same farm",
     )
     parser.add_argument("--workdir", type=Path, help="keep configs and logs here")
     parser.add_argument("--keep", action="store_true", help="do not delete the work dir")

@@ -63,3 +63,29 @@ def test_bench_edge_smoke(tmp_path: Path) -> None:
         assert row["workload"] == "4x20@0.5s"
     assert edge["fieldlink"]["invalid_messages"] == 0, edge["fieldlink"]
     assert any(r["bench"] == "farm" for r in rows), rows
+
+
+@pytest.mark.timeout(90)
+def test_bench_edge_runs_another_checkout_beside_this_one(tmp_path: Path) -> None:
+    """`--ref-tree DIR` runs the agent of DIR as `fieldlink-ref` on the same farm (here this
+    very checkout, so both rows measure the same agent); a DIR that is no checkout is refused."""
+    results = tmp_path / "results.jsonl"
+    argv = [sys.executable, "-m", "bench", "edge", "--smoke", "--no-farm", "--systems", "fieldlink"]
+    proc = subprocess.run(
+        [*argv, "--ref-tree", str(ROOT), "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    assert [r["system"] for r in rows] == ["fieldlink-ref", "fieldlink"], rows
+    assert all(r["points_per_s"] > 0 and r["bad"] == 0 for r in rows), rows
+
+    refused = subprocess.run(
+        [*argv, "--ref-tree", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert refused.returncode == 2
+    assert f"--ref-tree {tmp_path}: not a fieldlink checkout (no edge/cli.py)" in refused.stdout

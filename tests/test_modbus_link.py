@@ -5,7 +5,7 @@ CancelledError and leave the link closed and reopenable, on a serial port too.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,10 +14,10 @@ import pytest
 from config.edge import validate_edge
 from config.errors import ConfigError
 from config.sim import SimConfig
-from drivers.errors import ConnectError, DeviceException
+from drivers.errors import ConnectError, DeviceException, DeviceTimeout, DriverError, FrameError
 from drivers.modbus.config import ModbusBus, ModbusDevice
 from drivers.modbus.link import ModbusLink
-from drivers.modbus.planner import WriteRequest, plan_coil_writes, plan_write
+from drivers.modbus.planner import ReadRequest, WriteRequest, plan_coil_writes, plan_write
 from drivers.modbus.program import ModbusProgram
 from sim.server import SimPlant
 
@@ -267,3 +267,130 @@ async def test_cancelled_write_too() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert not link.connected
+
+
+# -- Modbus TCP: our own MBAP client (drivers/modbus/mbap.py) -----------------------------------
+
+
+async def test_tcp_answer_arriving_after_its_timeout_is_not_taken_for_the_next() -> None:
+    """The answer to a timed-out read arrives while the next read waits; the transaction id
+    tells them apart, so the next read gets its own registers and the connection stays."""
+    config = SimConfig.model_validate(
+        {
+            "kind": "sim",
+            "devices": [
+                {
+                    "name": "a",
+                    "unit_id": 1,
+                    "registers": REGISTERS,
+                    "faults": [{"latency": 0.7, "table": "discrete"}],
+                }
+            ],
+        }
+    )
+    async with SimPlant(config) as plant:
+        host, port, _ = plant.endpoints()["a"]
+        bus = ModbusBus.model_validate(
+            {"name": "b", "driver": "modbus", "host": host, "port": port, "timeout": 0.5}
+        )
+        link = ModbusLink(bus)
+        await link.connect()
+        try:
+            program = ModbusProgram(device())
+            by_table = {r.table: r for r in program.requests}
+            with pytest.raises(DeviceTimeout):
+                await link.execute(by_table["discrete"])  # answered 0.7 s after it was sent
+            connection = link._client  # type: ignore[attr-defined]
+            # Sent at 0.5 s while the late answer is on its way; the simulator answers in order,
+            # so this one comes right after it, ~0.2 s after being sent (timeout 0.5 s).
+            words = await link.execute(by_table["holding"])
+            assert link._client is connection  # type: ignore[attr-defined]
+        finally:
+            await link.close()
+    got = program.decode(by_table["holding"], words, 0).points
+    assert {e["p"]: e["v"] for e in got} == {"setpoint": 0.0, "limit": 0.0, "label": ""}
+
+
+@asynccontextmanager
+async def gateway(
+    answer: Callable[[bytes], list[bytes]],
+) -> AsyncIterator[ModbusLink]:
+    """A Modbus TCP peer over a real socket that answers each request frame with the chunks
+    ``answer`` returns, each sent on its own (a gateway that writes in pieces, or garbage)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(7)
+                body = await reader.readexactly(int.from_bytes(header[4:6], "big") - 1)
+                for chunk in answer(header + body):
+                    writer.write(chunk)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)  # separate TCP segments
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    bus = ModbusBus.model_validate(
+        {"name": "b", "driver": "modbus", "host": "127.0.0.1", "port": port, "timeout": 2.0}
+    )
+    link = ModbusLink(bus)
+    await link.connect()
+    try:
+        yield link
+    finally:
+        await link.close()
+        server.close()
+        await server.wait_closed()
+
+
+def registers_answer(request: bytes, words: list[int]) -> bytes:
+    """The MBAP answer to an FC3 request frame carrying ``words``."""
+    data = b"".join(w.to_bytes(2, "big") for w in words)
+    pdu = bytes((3, len(data))) + data
+    return request[:4] + (len(pdu) + 1).to_bytes(2, "big") + request[6:7] + pdu
+
+
+async def test_tcp_answer_split_across_segments_and_two_in_one() -> None:
+    request = ReadRequest(1, "holding", 10, 3, ())
+
+    def byte_by_byte(frame: bytes) -> list[bytes]:
+        raw = registers_answer(frame, [1, 2, 0xFFFF])
+        return [raw[i : i + 1] for i in range(len(raw))]
+
+    async with gateway(byte_by_byte) as link:
+        assert await link.execute(request) == [1, 2, 0xFFFF]
+        assert await link.execute(request) == [1, 2, 0xFFFF]
+
+    def duplicated(frame: bytes) -> list[bytes]:
+        # The same answer twice in one segment: the second has no waiter and is dropped.
+        raw = registers_answer(frame, [7, 8, 9])
+        return [raw + raw]
+
+    async with gateway(duplicated) as link:
+        assert await link.execute(request) == [7, 8, 9]
+        assert await link.execute(request) == [7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "reason"),
+    [
+        # Not Modbus TCP (protocol id 1): the stream cannot be trusted; the link drops it.
+        (lambda f: [f[:2] + b"\x00\x01" + f[4:]], ConnectError, "disconnected"),
+        # An exception answer of a gateway: the unit behind it does not answer.
+        (lambda f: [f[:4] + b"\x00\x03" + f[6:7] + b"\x83\x0b"], DeviceException, "exception 11"),
+        # A byte count that does not match the data.
+        (lambda f: [f[:4] + b"\x00\x05" + f[6:7] + b"\x03\x04\x00\x01"], FrameError, "frame error"),
+    ],
+)
+async def test_tcp_broken_answers_are_named(
+    answer: Callable[[bytes], list[bytes]], error: type[Exception], reason: str
+) -> None:
+    async with gateway(answer) as link:
+        with pytest.raises(error) as raised:
+            await link.execute(ReadRequest(1, "holding", 0, 2, ()))
+        assert isinstance(raised.value, DriverError)
+        assert raised.value.reason.startswith(reason)

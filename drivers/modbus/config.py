@@ -4,6 +4,7 @@ unit id on it. See ``drivers/modbus/README.md`` for every field with examples.""
 from __future__ import annotations
 
 import contextvars
+import sys
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -13,6 +14,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     PrivateAttr,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -208,6 +210,13 @@ class ModbusPoint(PointBase):
 
     _table: Table = PrivateAttr(default="holding")
     _address: int = PrivateAttr(default=0)
+
+    @field_validator("name", "unit", mode="after")
+    @classmethod
+    def _shared_text(cls, value: str | None) -> str | None:
+        """One string object per distinct name and unit: devices of one model repeat the same
+        point names and units, and a 10,000-point agent keeps ~1 MiB less (issue 7)."""
+        return None if value is None else sys.intern(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusPoint:

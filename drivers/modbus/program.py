@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from drivers.errors import DeviceException, DriverError
 from drivers.modbus.codec import CodecError, RegisterType, WordOrder, bit_position, decode
@@ -53,7 +54,18 @@ _BitSpec = tuple[str, str | None, int, int]
 
 
 class _RequestPlan:
-    __slots__ = ("bits", "fast", "permutation", "specs", "strings", "words")
+    __slots__ = (
+        "bits",
+        "checked",
+        "fast",
+        "names",
+        "permutation",
+        "scaled",
+        "specs",
+        "strings",
+        "units",
+        "words",
+    )
 
     def __init__(self, request: ReadRequest, device: ModbusDevice) -> None:
         self.words = struct.Struct(f">{request.count}H")
@@ -87,6 +99,26 @@ class _RequestPlan:
             specs.append(_spec(point))
         self.fast = struct.Struct("".join(fmt))
         self.specs = specs
+        # The common case in one comprehension (ModbusProgram.decode): every numeric point has
+        # a unit, scaled values are fixed up by index first, and the values that could be NaN
+        # or infinite (floats, scaled values) are checked with one sum: finite iff the sum is.
+        self.names: list[str] | None = None
+        self.units: list[str] = []
+        self.scaled: list[tuple[int, float | None, float | None, float, int | None]] = []
+        self.checked: Callable[[Sequence[float]], Sequence[float]] | None = None
+        units = [spec[1] for spec in specs]
+        if all(unit is not None for unit in units):
+            self.names = [spec[0] for spec in specs]
+            self.units = [unit for unit in units if unit is not None]
+            self.scaled = [
+                (i, divisor, scale, offset, digits)
+                for i, (_n, _u, divisor, scale, offset, digits, _c) in enumerate(specs)
+                if scale is not None
+            ]
+            checked = [i for i, spec in enumerate(specs) if spec[6]]
+            if checked:
+                pick = operator.itemgetter(*checked)
+                self.checked = pick if len(checked) > 1 else lambda values: (pick(values),)
 
 
 class _BitPlan:
@@ -226,7 +258,11 @@ class ModbusProgram:
             numbers = plan.fast.unpack_from(plan.words.pack(*words))
         except struct.error as exc:  # a register outside 0..65535: a broken answer
             return self.fail(request, f"frame error: {exc}", ts_ns)
-        entries: list[PointEntry] = []
+        if plan.names is not None:
+            entries = _fast_entries(plan, numbers)
+            if entries is not None:
+                return self._finish(plan, request, answer, entries, ts_ns)
+        entries = []
         append = entries.append
         for value, (name, unit, divisor, scale, offset, digits, check) in zip(
             numbers, plan.specs, strict=True
@@ -245,9 +281,21 @@ class ModbusProgram:
                 append({"p": name, "v": value})
             else:
                 append({"p": name, "v": value, "u": unit})
+        return self._finish(plan, request, answer, entries, ts_ns)
+
+    def _finish(
+        self,
+        plan: _RequestPlan,
+        request: ReadRequest,
+        answer: Sequence[int],
+        entries: list[PointEntry],
+        ts_ns: int,
+    ) -> Group:
+        """Add the string and bit points (usually none) and make the group."""
+        append = entries.append
         for point in plan.strings:
             append(self._one(point, request, answer))
-        for name, unit, index, mask in plan.bits:  # usually none
+        for name, unit, index, mask in plan.bits:
             if unit is None:
                 append({"p": name, "v": answer[index] & mask != 0})
             else:
@@ -294,6 +342,32 @@ class ModbusProgram:
 
     def fail(self, request: ReadRequest, reason: str, ts_ns: int) -> Group:
         return Group(self._asset, self._device, ts_ns, [_bad(p, reason) for p in request.points])
+
+
+def _fast_entries(plan: _RequestPlan, numbers: tuple[int | float, ...]) -> list[PointEntry] | None:
+    """The entries of a request whose numeric points all have units, or None when a value is
+    not finite (the general loop then reports it). Same values as the general loop."""
+    values: Sequence[int | float] = numbers
+    if plan.scaled:
+        scaled = list(numbers)
+        for i, divisor, scale, offset, digits in plan.scaled:
+            value = scaled[i]
+            if divisor is not None:
+                value = value / divisor + offset
+            elif scale is not None:
+                value = value * scale + offset
+            if digits is not None:
+                value = round(value, digits)
+            scaled[i] = value
+        values = scaled
+    if plan.checked is not None:
+        total = sum(plan.checked(values))
+        if total - total != 0.0:  # NaN or ±inf somewhere (or an overflowing sum): one by one
+            return None
+    return [
+        {"p": name, "v": value, "u": unit}
+        for name, unit, value in zip(plan.names or (), plan.units, values, strict=True)
+    ]
 
 
 def _bad(point: ModbusPoint, reason: str) -> PointEntry:
