@@ -144,3 +144,46 @@ async def test_once_publishes_one_round_and_exits(tmp_path: Path, mosquitto: Mos
     (payload,) = received
     readings = {r.point: r.value for r in decode_batch(payload).readings}
     assert readings == {"voltage": 230.5, "temp": -4.2}
+
+
+async def test_a_broken_config_is_reported_once_with_its_location_and_exit_2(
+    tmp_path: Path,
+) -> None:
+    # The config is parsed in a forked child (edge/cli.py); its error must reach the user
+    # exactly once, as the in-process load would print it.
+    path = agent_file(tmp_path, 1502)
+    path.write_text(path.read_text().replace("type: float32", "type: float23"))
+    code, out, err = await fieldlink("edge", "run", str(path))
+    assert code == 2
+    assert out == ""
+    assert err.count("devices[0].points[0].type") == 1, err
+    assert "float23" in err
+
+
+def test_the_forked_load_gives_the_same_config_as_loading_in_process(tmp_path: Path) -> None:
+    from config.edge import load_edge_config
+    from edge.cli import _load_in_child
+
+    path = agent_file(tmp_path, 1502, dead_port=1503)
+    forked = _load_in_child(path)
+    direct = load_edge_config(path)
+    assert not isinstance(forked, str) and forked is not None
+    assert forked == direct
+    assert forked.config_hash == direct.config_hash != ""
+
+
+def test_the_agent_command_imports_no_cloud_simulator_or_table_code(tmp_path: Path) -> None:
+    import subprocess
+
+    probe = (
+        "import sys\n"
+        "from fieldlink.cli import main\n"
+        f"code = main(['--log-level', 'ERROR', 'edge', 'run', {str(tmp_path / 'none.yaml')!r}])\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('cloud', 'sim', 'rich', 'influxdb_client'))\n"
+        "print(code, loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "2 []", result.stdout + result.stderr
