@@ -16,6 +16,7 @@ from config.device import BusBase, DeviceBase
 from config.errors import ConfigError, Problem
 from config.loader import environ, join_path, read_document, substitute_env, validate
 from config.mqtt import BrokerSection
+from drivers.base import StreamingPlugin
 from drivers.registry import DriverNotFound, DriverRegistry
 
 
@@ -196,9 +197,13 @@ def validate_edge(
     raw_devices = _list_or_empty(doc.get("devices"))
     buses = _validate_buses(raw_buses, registry, problems)
     devices = _validate_devices(raw_devices, raw_buses, registry, problems)
+    _check_bus_kinds(raw_buses, buses, devices, registry, problems)
     if problems or envelope is None:
         raise ConfigError(source, problems)
-    digest = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+    # NON_STR_KEYS: YAML keys may be booleans or numbers (`words: {true: [A]}`).
+    digest = hashlib.sha256(
+        orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    ).hexdigest()[:16]
     return EdgeConfig(
         source,
         envelope.agent,
@@ -313,6 +318,63 @@ def _validate_devices(
         seen.setdefault(device.name, i)
         out.append(device)
     return out
+
+
+def _check_bus_kinds(
+    raw_buses: list[Any],
+    buses: list[BusBase],
+    devices: list[DeviceBase],
+    registry: DriverRegistry,
+    problems: list[Problem],
+) -> None:
+    """A bus whose enabled devices are both streaming and polled: one task owns a bus and it
+    either waits for what devices push or asks, never both. Asks the driver's
+    ``is_streaming`` hook (the device's config alone, nothing compiled); a driver without
+    it is checked only when the agent starts. A streaming bus's request settings would be
+    ignored: refused too, rather than silently."""
+    index: dict[str, int] = {}
+    for i, raw in enumerate(raw_buses):
+        if isinstance(raw, dict):
+            index.setdefault(str(raw.get("name")), i)
+    checked: set[str] = set()
+    for bus in buses:
+        if bus.name in checked:
+            continue  # a duplicate name, already reported
+        checked.add(bus.name)
+        try:
+            plugin = registry.get(bus.driver)
+        except DriverNotFound:
+            continue  # already reported on the bus
+        if not isinstance(plugin, StreamingPlugin):
+            continue
+        on_bus = [d for d in devices if d.bus == bus.name and d.enabled]
+        streams = [d.name for d in on_bus if plugin.is_streaming(d)]
+        polled = [d.name for d in on_bus if d.name not in streams]
+        if bus.name not in index:
+            continue
+        if streams and polled:
+            problems.append(
+                Problem(f"buses[{index[bus.name]}].name", mixed_bus(bus.name, streams, polled))
+            )
+        elif streams:
+            for name in ("request_gap", "connect_delay"):
+                if name in bus.model_fields_set:
+                    problems.append(
+                        Problem(
+                            f"buses[{index[bus.name]}].{name}",
+                            f"the bus's devices ({', '.join(streams)}) send by themselves and "
+                            f"are sent no requests: {name} does not apply; remove it",
+                        )
+                    )
+
+
+def mixed_bus(bus: str, streams: list[str], polled: list[str]) -> str:
+    """The problem of a bus carrying both kinds of device (also used at agent start)."""
+    return (
+        f"bus {bus!r} has streaming device(s) ({', '.join(streams)}) and polled device(s) "
+        f"({', '.join(polled)}); a bus carries one kind: give the streaming devices a bus "
+        "(port) of their own"
+    )
 
 
 def _check_point_names(raw: dict[str, Any], path: str, problems: list[Problem]) -> None:

@@ -37,12 +37,22 @@ every second, a logger a line per sample. For them the seam has two optional pro
 
 A bus carries either streaming devices or polled ones, never both: one task owns the link and
 it either waits for bytes or asks. Several stream devices on one bus all see every byte (each
-takes the frames its entries match).
+takes the frames its entries match). A driver with streaming devices should also implement
+:class:`StreamingPlugin` (``is_streaming(device)``, answered from the device's config alone):
+``fieldlink check`` then refuses a bus that mixes both kinds. Without it the mix is found only
+when the agent starts and compiles the devices.
+
+Frame counters (optional). A program (either kind) that cuts frames out of bytes may also
+implement :class:`FrameCounting`: ``frame_counts()`` returns what went wrong so far (checksum
+failures, unparsable frames, noise bytes...), as counters that only grow. The agent samples
+them, logs a kind of trouble when it starts and when it stops (never per frame), and logs
+every device's totals when it stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from config.device import BusBase, DeviceBase
@@ -141,3 +151,41 @@ class DriverPlugin(Protocol):
     def open_bus(self, bus: BusBase) -> BusLink: ...
 
     def compile_device(self, device: DeviceBase) -> DeviceProgram | StreamDecoder: ...
+
+
+@runtime_checkable
+class StreamingPlugin(Protocol):
+    """A plugin that can tell a streaming device from its config (optional; see above)."""
+
+    def is_streaming(self, device: DeviceBase) -> bool:
+        """Whether :meth:`DriverPlugin.compile_device` gives this device a StreamDecoder.
+
+        Called during config validation with the device's validated model; it must not
+        compile the device, open anything or raise.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class FrameCounts:
+    """A program's frame counters at one moment; every number only grows.
+
+    ``trouble`` maps a kind, worded to read after a number (``"checksum failures"``,
+    ``"noise bytes dropped"``), to its count; ``latest`` gives, per kind, what the last one
+    looked like (``"checksum mismatch: frame says '5A', computed '5B'"``), for the log.
+    ``info`` holds counts that are no trouble (``"unmatched frames"``), for the stop summary.
+    """
+
+    good: int
+    trouble: Mapping[str, int]
+    latest: Mapping[str, str] = field(default_factory=dict)
+    info: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class FrameCounting(Protocol):
+    """A program that counts its frames' troubles (optional; see the module docstring)."""
+
+    def frame_counts(self) -> FrameCounts:
+        """The counters now; cheap (the agent calls it about once a second)."""
+        ...

@@ -3,7 +3,9 @@
 A bus's worker is a :class:`~edge.scheduler.BusWorker` (request/response: the driver's
 programs are :class:`~drivers.base.DeviceProgram`) or, when its devices push data by
 themselves (their programs are :class:`~drivers.base.StreamDecoder`), a
-:class:`~edge.streamer.StreamWorker`. A bus carries one kind or the other.
+:class:`~edge.streamer.StreamWorker`. A bus carries one kind or the other. Beside them a
+:class:`~edge.framewatch.FrameWatch` logs the frame troubles of devices that count them, and
+their totals when the agent stops.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from config.edge import EdgeConfig
+from config.edge import EdgeConfig, mixed_bus
 from config.errors import ConfigError, Problem
-from drivers.base import DeviceProgram, StreamDecoder, StreamLink
+from drivers.base import DeviceProgram, FrameCounting, StreamDecoder, StreamLink
 from drivers.registry import DriverRegistry
+from edge.framewatch import FrameWatch
 from edge.publisher import Publisher
 from edge.scheduler import BusWorker, ScheduledDevice, Sink
 from edge.streamer import StreamDevice, StreamWorker
@@ -49,16 +52,14 @@ def build_workers(
     registry = registry or DriverRegistry()
     workers: list[Worker] = []
     problems: list[Problem] = []
-    for bus in config.buses:
+    for bus_index, bus in enumerate(config.buses):
         plugin = registry.get(bus.driver)
         polled: list[ScheduledDevice] = []
         streams: list[StreamDevice] = []
-        where: dict[str, int] = {}
-        for index, device in enumerate(config.devices):
+        for device in config.devices:
             if device.bus != bus.name or not device.enabled:
                 continue
             program = plugin.compile_device(device)
-            where[device.name] = index
             if isinstance(program, StreamDecoder):
                 streams.append(StreamDevice(device, program))
             else:
@@ -67,14 +68,16 @@ def build_workers(
             log.info("bus %s has no enabled devices; not opened", bus.name)
             continue
         if polled and streams:
-            first = streams[0].config.name
+            # `fieldlink check` finds this already for drivers with an `is_streaming` hook;
+            # this is the net for drivers without one.
             problems.append(
                 Problem(
-                    f"devices[{where[first]}].bus",
-                    f"bus {bus.name!r} has streaming device(s) "
-                    f"({', '.join(d.config.name for d in streams)}) and polled device(s) "
-                    f"({', '.join(d.config.name for d in polled)}); a bus carries one kind: "
-                    "give the streaming devices a bus (port) of their own",
+                    f"buses[{bus_index}].name",
+                    mixed_bus(
+                        bus.name,
+                        [d.config.name for d in streams],
+                        [d.config.name for d in polled],
+                    ),
                 )
             )
             continue
@@ -99,6 +102,18 @@ def build_workers(
     if problems:
         raise ConfigError(config.source, problems)
     return workers
+
+
+def frame_watch(workers: list[Worker]) -> FrameWatch:
+    """A watch over the frame counters of every device whose program keeps them."""
+    return FrameWatch(
+        [
+            (device.config.name, device.program)
+            for worker in workers
+            for device in worker.devices
+            if isinstance(device.program, FrameCounting)
+        ]
+    )
 
 
 def _polled(program: DeviceProgram | StreamDecoder) -> DeviceProgram:
@@ -150,9 +165,12 @@ async def run_agent(
         config.mqtt.host,
         config.mqtt.port,
     )
+    frames = frame_watch(plan.workers)
     async with asyncio.TaskGroup() as group:
         publish_task = group.create_task(plan.publisher.run(), name="mqtt-publisher")
         pollers = [group.create_task(w.run(), name=f"bus-{w.name}") for w in plan.workers]
+        if len(frames):
+            pollers.append(group.create_task(frames.run(), name="frame-watch"))
         if ready is not None:
             ready()
         await stop.wait()
@@ -170,6 +188,7 @@ async def run_agent(
                 drain_timeout,
             )
         publish_task.cancel()
+    frames.summary()
     stats = plan.publisher.stats
     log.info(
         "agent stopped: %d reading(s) in %d message(s) published (%d republished), "

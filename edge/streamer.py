@@ -14,7 +14,8 @@ printing sentences, a logger printing lines) does not wait to be asked. Its bus 
   a gap in the data always has a reading explaining it;
 * a lost link is reported at once (``disconnected``, then once per interval) and reopened with
   capped, jittered backoff; after reopening, the decoders forget partial frames;
-* a device's state is logged when it changes (failing / recovered), not on every frame.
+* a device's state (silent, unreachable) is logged when it changes (failing / recovered), not
+  on every frame; trouble inside frames is logged by ``edge/framewatch.py``.
 
 :meth:`StreamWorker.once` is ``--once --dry-run`` for streams: connect, wait until every point
 of every device was reported once (or ``stale_after`` passed: ``timeout``), return.
@@ -45,6 +46,8 @@ class StreamStats:
     groups: int = 0
     #: Bad reports made by the watchdog (silence or a lost link), per device.
     stale_reports: int = 0
+    #: Chunks whose decoding raised (a driver bug); only the first is logged.
+    decode_crashes: int = 0
 
 
 @dataclass
@@ -56,7 +59,8 @@ class StreamDevice:
     last_frame: float = 0.0
     #: Monotonic time before which the watchdog reports nothing more for this device.
     quiet_until: float = 0.0
-    #: Reason of the current failure, None while healthy; drives state-change logging.
+    #: Reason of the current failure (``timeout``, ``disconnected``), None while frames come;
+    #: drives state-change logging.
     failing: str | None = None
 
 
@@ -141,17 +145,26 @@ class StreamWorker:
             try:
                 groups = device.program.feed(data, ts_ns)
             except Exception:
-                # A bug in one device's decoding must not stop the bus or the agent.
-                log.exception("device %s: decoding failed unexpectedly", device.config.name)
+                # A bug in one device's decoding must not stop the bus or the agent. Logged
+                # once, not per chunk; the device's points then go `timeout` (no frames).
+                device.stats.decode_crashes += 1
+                if device.stats.decode_crashes == 1:
+                    log.exception(
+                        "device %s: decoding failed unexpectedly (logged once; its points are "
+                        "reported timeout while it fails)",
+                        device.config.name,
+                    )
                 continue
             if not groups:
                 continue
             device.stats.groups += len(groups)
             device.last_frame = now
             device.quiet_until = 0.0
-            reason = next((e["r"] for g in groups for e in g.points if "r" in e), None)
-            if reason != device.failing:
-                self._note_state(device, reason)
+            if device.failing is not None:
+                # Frames arrive again. What is wrong *in* frames (checksums, parsing) is not
+                # this worker's state: bad frames come and go frame by frame, and the
+                # FrameWatch (edge/framewatch.py) logs them with hysteresis.
+                self._note_state(device, None)
             self._sink(groups)
             out.extend(groups)
         if out:

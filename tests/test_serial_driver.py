@@ -31,13 +31,16 @@ from test_e2e import Recorder, recording, running
 
 from cloud.ingester import run_ingester
 from config.cloud import CloudConfig
+from config.device import BusBase, DeviceBase
 from config.edge import EdgeConfig, load_edge_config, validate_edge
 from config.errors import ConfigError
 from config.sim import SimConfig, load_sim_config
+from drivers.base import BusLink, DeviceProgram, StreamDecoder
 from drivers.errors import ConnectError
 from drivers.registry import DriverRegistry
 from drivers.serial.checksum import Checksum
 from drivers.serial.link import SerialLink
+from drivers.serial.plugin import SerialPlugin
 from drivers.serial.program import PolledProgram
 from edge.agent import build_workers, poll_once, run_agent
 from fieldlink.localstack import Mosquitto
@@ -536,7 +539,7 @@ async def test_the_shipped_examples_read_the_shipped_simulator(tmp_path: Path) -
             for r in group.readings():
                 assert r.quality is Quality.GOOD, r
                 values.setdefault(r.device, {})[r.point] = r.value
-    assert values["gps-1"]["latitude"] == 4807.038 and values["gps-1"]["status"] == "A"
+    assert values["gps-1"]["latitude"] == 4807.038 and values["gps-1"]["fix_valid"] is True
     assert 4 <= values["gps-1"]["satellites"] <= 12
     assert 543.4 <= values["gps-1"]["altitude"] <= 547.4
     assert values["analyser-1"]["status"] == "OK"
@@ -576,7 +579,7 @@ async def test_once_dry_run_waits_for_a_sentence_of_a_stream(tmp_path: Path) -> 
         "satellites",
         "hdop",
         "altitude",
-        "status",
+        "fix_valid",
         "speed",
         "speed_ms",
         "course",
@@ -592,18 +595,53 @@ async def test_once_on_a_missing_port_reports_every_point_disconnected(tmp_path:
     assert {(r.quality, r.reason) for r in readings} == {(Quality.BAD, "disconnected")}
 
 
-def test_a_bus_mixing_streaming_and_polled_devices_is_refused(tmp_path: Path) -> None:
+MIXED = (
+    "test: 1 problem\n"
+    "  buses[0].name: bus 'line' has streaming device(s) (gps-1) and polled device(s) "
+    "(probe-1); a bus carries one kind: give the streaming devices a bus (port) of their own"
+)
+
+
+def mixed_line_doc(tmp_path: Path) -> dict[str, Any]:
     stream = {**gps_device(), "bus": "line"}
     polled = {**polled_device("probe-1", "01", 1.0), "bus": "line"}
-    config = edge(None, "gw", [serial_bus("line", tmp_path / "x")], [stream, polled])
+    return {
+        "kind": "edge",
+        "agent": {"id": "gw", "site": SITE},
+        "buses": [serial_bus("line", tmp_path / "x")],
+        "devices": [stream, polled],
+    }
+
+
+def test_a_bus_mixing_streaming_and_polled_devices_is_refused_by_validation(
+    tmp_path: Path,
+) -> None:
     with pytest.raises(ConfigError) as caught:
-        build_workers(config, lambda groups: None)
-    assert caught.value.render() == (
-        "test: 1 problem\n"
-        "  devices[0].bus: bus 'line' has streaming device(s) (gps-1) and polled device(s) "
-        "(probe-1); a bus carries one kind: give the streaming devices a bus (port) of their "
-        "own"
-    )
+        validate_edge(mixed_line_doc(tmp_path), "test", env={})
+    assert caught.value.render() == MIXED
+
+
+class SerialWithoutHook:
+    """The serial driver as a third-party plugin without the `is_streaming` hook would be."""
+
+    name = "serial"
+    bus_model = SerialPlugin.bus_model
+    device_model = SerialPlugin.device_model
+
+    def open_bus(self, bus: BusBase) -> BusLink:
+        return SerialPlugin().open_bus(bus)
+
+    def compile_device(self, device: DeviceBase) -> DeviceProgram | StreamDecoder:
+        return SerialPlugin().compile_device(device)
+
+
+def test_without_the_hook_the_mix_is_refused_when_the_agent_starts(tmp_path: Path) -> None:
+    registry = DriverRegistry(entries=[])
+    registry.add(SerialWithoutHook())
+    config = validate_edge(mixed_line_doc(tmp_path), "test", env={}, registry=registry)
+    with pytest.raises(ConfigError) as caught:
+        build_workers(config, lambda groups: None, registry)
+    assert caught.value.render() == MIXED
 
 
 # -- the link itself: TCP serial servers, cancellation, a port in use ---------------------

@@ -76,11 +76,22 @@ def test_nmea_lines_with_noise_between_them(
     assert deframer.noise_bytes == noise
 
 
-def test_a_line_longer_than_max_length_is_dropped_as_noise() -> None:
+def test_a_line_longer_than_max_length_is_dropped_as_overflow() -> None:
     deframer = LineDeframer(b"\n", max_length=10)
     assert deframer.feed(b"x" * 25) == []
-    assert deframer.noise_bytes == 25
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (25, 0)
     assert deframer.feed(b"\nok\n") == [b"ok"]
+
+
+def test_the_rest_of_a_dropped_line_is_not_taken_for_a_frame() -> None:
+    # A wrong delimiter or a runaway line: its tail, once the delimiter comes, is no frame.
+    deframer = LineDeframer(b"\n", max_length=10)
+    assert deframer.feed(b"y" * 11) == []
+    assert deframer.feed(b"tail\nok\n") == [b"ok"]
+    assert deframer.overflow_bytes == 15
+    # Arriving whole in one read, an overlong line is dropped the same way.
+    assert deframer.feed(b"z" * 12 + b"\nok\n") == [b"ok"]
+    assert deframer.overflow_bytes == 27
 
 
 def test_cr_only_lines_and_empty_lines() -> None:

@@ -359,3 +359,82 @@ def test_values_round_trip_through_frames_split_anyhow_with_noise(
     ]
     assert got == [(float(altitude), sats) for altitude, sats, _ in samples]
     assert program.stats.good_frames == len(samples)
+
+
+# -- bool points from the device's own words -----------------------------------------------
+
+
+def status_gps(words: dict[Any, Any]) -> StreamProgram:
+    return StreamProgram(
+        device(
+            mode="stream",
+            checksum="nmea",
+            framing={"type": "line", "start": "$"},
+            frames=[
+                {
+                    "match": "^GPRMC,",
+                    "parse": {"type": "fields"},
+                    "points": [
+                        {"name": "valid", "field": 2, "type": "bool", "words": words},
+                        {"name": "speed", "field": 7, "unit": "kn"},
+                    ],
+                }
+            ],
+        )
+    )
+
+
+def rmc(status: str) -> bytes:
+    return nmea(RMC.replace(",A,", f",{status},", 1))
+
+
+@pytest.mark.parametrize(
+    ("status", "value"), [("A", True), ("V", False), ("a", True), (" V ", False), ("ON", True)]
+)
+def test_a_bool_point_reads_the_devices_own_words_in_any_case(status: str, value: bool) -> None:
+    program = status_gps({"true": ["A", "ON"], "false": ["V", "OFF"]})
+    got = readings(program.feed(rmc(status), 1))
+    assert (got["valid"].quality, got["valid"].value) == (Quality.GOOD, value)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ("X", "parse error: 'X' is none of the words for true (A, ON) or false (V, OFF)"),
+        # With words, the default words are not taken: "1" is not a status this device prints.
+        ("1", "parse error: '1' is none of the words for true (A, ON) or false (V, OFF)"),
+        ("", "parse error: field 2 is empty"),
+    ],
+)
+def test_any_other_word_is_a_bad_reading_and_costs_only_its_point(status: str, reason: str) -> None:
+    program = status_gps({"true": ["A", "ON"], "false": ["V", "OFF"]})
+    got = readings(program.feed(rmc(status), 1))
+    assert (got["valid"].quality, got["valid"].reason) == (Quality.BAD, reason)
+    assert (got["speed"].quality, got["speed"].value) == (Quality.GOOD, 22.4)
+    assert program.stats.parse_errors == 1
+
+
+def test_yaml_true_false_keys_are_taken_as_the_states() -> None:
+    # What the YAML loader hands over for `words: {true: [A], false: [V]}`.
+    program = status_gps({True: ["A"], False: ["V"]})
+    assert readings(program.feed(rmc("V"), 1))["valid"].value is False
+
+
+def test_without_words_a_bool_takes_the_usual_words_and_names_the_bad_one() -> None:
+    program = status_gps({"true": ["A"], "false": ["V"]})
+    default = StreamProgram(
+        device(
+            mode="stream",
+            frames=[
+                {
+                    "parse": {"type": "keyvalue"},
+                    "points": [{"name": "pump", "type": "bool"}],
+                }
+            ],
+        )
+    )
+    assert readings(default.feed(b"pump=On\n", 1))["pump"].value is True
+    assert readings(default.feed(b"pump=A\n", 2))["pump"].reason == (
+        "parse error: 'A' is not true/false"
+    )
+    assert readings(program.feed(rmc("A"), 3))["valid"].value is True

@@ -265,17 +265,66 @@ Parse = Annotated[
 PointType = Literal["float", "int", "bool", "string"]
 
 
+class BoolWords(StrictModel):
+    """The words a device prints for a bool point's two states, e.g. NMEA status A / V."""
+
+    true: list[str] = Field(
+        min_length=1, description='Words read as true, e.g. `[A, "ON"]`; any case.'
+    )
+    false: list[str] = Field(
+        min_length=1, description='Words read as false, e.g. `[V, "OFF"]`; any case.'
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # YAML reads the unquoted keys `true:` / `false:` as booleans: take them as the names.
+        named = {_STATE_KEYS.get(k, k) if isinstance(k, bool) else k: v for k, v in data.items()}
+        for state, words in named.items():
+            if words == [] and state in ("true", "false"):
+                example = "[A]" if state == "true" else "[V]"
+                raise ValueError(f"@{state}: give at least one word, e.g. {state}: {example}")
+            for i, word in enumerate(words if isinstance(words, list) else []):
+                if isinstance(word, bool):
+                    raise ValueError(
+                        f"@{state}[{i}]: YAML reads an unquoted ON, OFF, YES, NO, TRUE or "
+                        f'FALSE as a boolean, not as the word; quote it, e.g. "ON"'
+                    )
+        return named
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BoolWords:
+        true = {w.strip().casefold() for w in self.true}
+        for i, word in enumerate(self.false):
+            if word.strip().casefold() in true:
+                raise ValueError(f"@false[{i}]: {word!r} is also a word for true")
+        for state, words in (("true", self.true), ("false", self.false)):
+            for i, word in enumerate(words):
+                if not word.strip():
+                    raise ValueError(f"@{state}[{i}]: a word cannot be empty")
+        return self
+
+
+_STATE_KEYS: Final = {True: "true", False: "false"}
+
+
 class SerialPoint(PointBase):
     type: PointType = Field(
         default="float",
         description=(
-            "`float`, `int`, `bool` (1/0, true/false, on/off, yes/no, any case) or `string`."
+            "`float`, `int`, `bool` (1/0, true/false, on/off, yes/no, t/f, y/n, any case, or "
+            "the point's `words`) or `string`."
         ),
     )
     field: int | None = Field(
         default=None,
         ge=0,
-        description="Parse `fields`: index of the field, 0 = the first (for NMEA, the talker).",
+        description=(
+            "Parse `fields`: index of the field, 0 = the first (for NMEA, the talker and "
+            "sentence id, e.g. `GPGGA`)."
+        ),
     )
     group: str | None = Field(
         default=None, description="Parse `regex`: the named group to read; default the name."
@@ -285,11 +334,24 @@ class SerialPoint(PointBase):
     )
     scale: float = Field(default=1.0, description="value = raw × scale + offset (numbers only).")
     offset: float = Field(default=0.0, description="value = raw × scale + offset (numbers only).")
+    words: BoolWords | None = Field(
+        default=None,
+        description=(
+            "Bool points: the device's own words for the two states, e.g. "
+            "`{true: [A], false: [V]}` (NMEA status), matched in any case; any other word "
+            "is a bad reading (`parse error`). Without it: 1/0, true/false, on/off, yes/no, t/f, "
+            "y/n."
+        ),
+    )
 
     @model_validator(mode="after")
     def _scaled_numbers_only(self) -> SerialPoint:
         if self.type in ("bool", "string") and (self.scale != 1.0 or self.offset != 0.0):
             raise ValueError(f"@scale: a {self.type} point cannot have scale or offset")
+        if self.words is not None and self.type != "bool":
+            raise ValueError(
+                f"@words: only bool points have words; this one is {self.type} (set type: bool)"
+            )
         return self
 
 
@@ -367,6 +429,16 @@ class StreamFrame(MessageBase):
 
 
 class SerialDevice(DeviceBase):
+    interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=86_400,
+        description=(
+            "Polled: seconds between two cycles (all commands), measured without drift. "
+            "Stream: seconds between two bad reports while the device is silent or its port "
+            "is gone; 3 × interval is the default `stale_after`."
+        ),
+    )
     mode: Literal["stream", "polled"] = Field(
         description=(
             "`stream`: the device sends frames by itself (`frames`); `polled`: each cycle the "
@@ -445,7 +517,10 @@ class SerialDevice(DeviceBase):
                 )
             for name in ("frames", "stale_after"):
                 if name in given:
-                    raise ValueError(f"@{name}: only stream devices have {name}")
+                    raise ValueError(
+                        f"@{name}: a polled device has no {name} (it is asked with `commands`); "
+                        "for a device that sends by itself use mode: stream"
+                    )
         else:
             if not self.frames:
                 raise ValueError(
@@ -458,10 +533,12 @@ class SerialDevice(DeviceBase):
                         f"@{name}: a stream device sends by itself and has no {name}; "
                         "for request/reply use mode: polled"
                     )
-        if self.checksum == "none" and (
-            "checksum_separator" in given or "checksum_format" in given
-        ):
-            raise ValueError("@checksum: checksum_separator/format need a checksum other than none")
+        for name in ("checksum_separator", "checksum_format"):
+            if self.checksum == "none" and name in given:
+                raise ValueError(
+                    f"@{name}: only used with a checksum; set `checksum` (nmea, sum8, "
+                    "crc16-modbus, crc16-ccitt) or remove it"
+                )
         self._unique_point_names()
         self._commands_encodable()
         return self

@@ -4,8 +4,9 @@ A serial port hands over bytes as they happen to arrive: half a frame, three fra
 half, noise from a cable being plugged in. Each deframer here is a small state machine: it is
 fed chunks (:meth:`Deframer.feed`) and returns every frame completed so far, keeping the
 incomplete tail for the next chunk. Bytes that belong to no frame are dropped and counted in
-``noise_bytes``; a buffer that grows past ``max_length`` without a frame is dropped the same
-way, so a line that never sends a delimiter cannot exhaust memory.
+``noise_bytes``; a frame, or a buffer, that grows past ``max_length`` without ending is dropped
+and counted in ``overflow_bytes``, so a line that never sends a delimiter cannot exhaust
+memory (and a wrong delimiter shows as overflow, not as noise).
 
 Frames are returned without their delimiters and markers:
 
@@ -31,7 +32,10 @@ from typing import Protocol
 
 
 class Deframer(Protocol):
+    #: Bytes outside any frame (line noise, lines without the start marker), dropped.
     noise_bytes: int
+    #: Bytes of frames that grew past ``max_length`` without ending, dropped.
+    overflow_bytes: int
 
     def feed(self, data: bytes) -> list[bytes]:
         """Frames completed by ``data`` (with what was buffered before), in order."""
@@ -55,7 +59,11 @@ class LineDeframer:
         self._start = start or None
         self._max = max_length
         self._buffer = bytearray()
+        #: The line in progress was dropped as too long: its rest, up to the delimiter, goes too
+        #: (without a start marker it would otherwise come out as a bogus frame).
+        self._skipping = False
         self.noise_bytes = 0
+        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -65,6 +73,10 @@ class LineDeframer:
         while (end := buffer.find(delimiter, begin)) >= 0:
             line = bytes(buffer[begin:end])
             begin = end + len(delimiter)
+            if self._skipping:
+                self._skipping = False
+                self.overflow_bytes += len(line)
+                continue
             frame = self._take(line)
             if frame:
                 frames.append(frame)
@@ -84,6 +96,9 @@ class LineDeframer:
                 return None
             self.noise_bytes += at
             line = line[at + len(self._start) :].strip(_LINE_TRIM)
+        if len(line) > self._max:
+            self.overflow_bytes += len(line)
+            return None
         return line or None
 
     def _overflow(self) -> None:
@@ -94,11 +109,14 @@ class LineDeframer:
             # A frame may have begun at the last start marker: keep it if it still fits.
             if at >= 0 and len(buffer) - at <= self._max:
                 keep = len(buffer) - at
-        self.noise_bytes += len(buffer) - keep
+        else:
+            self._skipping = True
+        self.overflow_bytes += len(buffer) - keep
         del buffer[: len(buffer) - keep]
 
     def reset(self) -> None:
         self._buffer.clear()
+        self._skipping = False
 
 
 class FixedDeframer:
@@ -110,6 +128,7 @@ class FixedDeframer:
         self._start = start
         self._buffer = bytearray()
         self.noise_bytes = 0
+        self.overflow_bytes = 0  # a fixed frame cannot overflow
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -146,6 +165,7 @@ class MarkerDeframer:
         self._max = max_length
         self._buffer = bytearray()
         self.noise_bytes = 0
+        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -170,7 +190,7 @@ class MarkerDeframer:
                 continue
             if stop < 0:
                 if len(buffer) > self._max:
-                    self.noise_bytes += len(buffer)
+                    self.overflow_bytes += len(buffer)
                     buffer.clear()
                 break
             frames.append(bytes(buffer[content:stop]))
@@ -188,6 +208,7 @@ class RegexDeframer:
         self._max = max_length
         self._buffer = bytearray()
         self.noise_bytes = 0
+        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -201,7 +222,7 @@ class RegexDeframer:
         del buffer[:begin]
         if len(buffer) > self._max:
             drop = len(buffer) - self._max
-            self.noise_bytes += drop
+            self.overflow_bytes += drop
             del buffer[:drop]
         return frames
 

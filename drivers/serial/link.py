@@ -49,12 +49,13 @@ _READ_SIZE: Final = 4096
 class _Inbox:
     """Received bytes waiting to be read, and the reason the link died, if it did."""
 
-    def __init__(self) -> None:
+    def __init__(self, where: str = "") -> None:
         self.chunks: deque[bytes] = deque()
         self.size = 0
         self.dropped = 0
         self.error: ConnectError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._where = where
 
     def put(self, data: bytes) -> None:
         self.chunks.append(data)
@@ -62,6 +63,14 @@ class _Inbox:
         while self.size > INBOX_LIMIT and len(self.chunks) > 1:
             old = self.chunks.popleft()
             self.size -= len(old)
+            if not self.dropped:
+                # Once per connection: the agent is not reading as fast as the line delivers.
+                log.warning(
+                    "%s: more than %d KiB received and not read yet; dropping the oldest "
+                    "bytes (the agent is overloaded, or a device floods the line)",
+                    self._where,
+                    INBOX_LIMIT >> 10,
+                )
             self.dropped += len(old)
         self._wake()
 
@@ -214,7 +223,7 @@ class SerialLink:
 
     async def connect(self) -> None:
         await self.close()
-        inbox = _Inbox()
+        inbox = _Inbox(self.description)
         if self._bus.transport == "serial":
             port, fd = _open_serial(self._bus)
             self._port = _SerialPort(port, fd, inbox, str(self._bus.serial_port))
@@ -275,9 +284,13 @@ class SerialLink:
             )
         deframer = request.new_deframer()
         timeout = request.timeout if request.timeout is not None else self._bus.timeout
+        sent = False
         try:
-            await port.write(request.payload)
             async with asyncio.timeout(timeout):
+                # Inside the timeout: with flow control holding the line (rtscts and CTS
+                # never raised) the write would otherwise wait for ever, and the bus with it.
+                await port.write(request.payload)
+                sent = True
                 while True:
                     for frame in deframer.feed(await self._inbox.get()):
                         if request.accepts(frame):
@@ -289,10 +302,17 @@ class SerialLink:
                             request.text,
                         )
         except TimeoutError:
+            if not sent:
+                raise DeviceTimeout(
+                    f"{request.text!r} could not be sent within {timeout:g} s: the port does "
+                    "not take it (flow control holding it? check rtscts/xonxoff and the cable)"
+                ) from None
             raise DeviceTimeout(f"no reply to {request.text!r} within {timeout:g} s") from None
         except ConnectError:
             await self.close()
             raise
+        finally:
+            request.count_dropped(deframer)
 
 
 def _open_serial(bus: SerialBus) -> tuple[object, int]:

@@ -43,14 +43,23 @@ def _converter(point: SerialPoint) -> Callable[[str], Value]:
     if kind == "string":
         return lambda text: text
     if kind == "bool":
+        words = point.words
+        true = frozenset(w.strip().casefold() for w in words.true) if words else _TRUE
+        false = frozenset(w.strip().casefold() for w in words.false) if words else _FALSE
+        expected = (
+            f"none of the words for true ({', '.join(words.true)}) or false "
+            f"({', '.join(words.false)})"
+            if words
+            else "not true/false"
+        )
 
         def to_bool(text: str) -> Value:
-            word = text.strip().lower()
-            if word in _TRUE:
+            word = text.strip().casefold()
+            if word in true:
                 return True
-            if word in _FALSE:
+            if word in false:
                 return False
-            raise ParseError(f"{_quote(text)} is not true/false")
+            raise ParseError(f"{_quote(text)} is {expected}")
 
         return to_bool
     scaled = point.scale != 1.0 or point.offset != 0.0

@@ -19,6 +19,9 @@ class SerialPlugin:
         assert isinstance(bus, SerialBus)
         return SerialLink(bus)
 
+    def is_streaming(self, device: DeviceBase) -> bool:
+        return isinstance(device, SerialDevice) and device.mode == "stream"
+
     def compile_device(self, device: DeviceBase) -> DeviceProgram | StreamDecoder:
         from drivers.serial.program import PolledProgram, StreamProgram
 

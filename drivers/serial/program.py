@@ -4,6 +4,8 @@ Both modes turn one frame into readings the same way (:class:`FrameDecoder`): ve
 checksum, decode the text, find which entry reads it, parse the points. A frame that fails
 any step becomes bad readings with the reason (``checksum mismatch``, ``parse error: ...``)
 and is counted in :class:`SerialStats`; it never raises, so the next frame is read as usual.
+Both programs hand their counters to the agent through ``frame_counts()``
+(:class:`~drivers.base.FrameCounting`), which logs when a kind of trouble starts and stops.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
+from drivers.base import FrameCounts
 from drivers.errors import DriverError
 from drivers.serial.checksum import Checksum, ChecksumError
 from drivers.serial.config import (
@@ -53,6 +57,14 @@ def new_deframer(device: SerialDevice) -> Deframer:
     return RegexDeframer(_marker(framing.pattern), framing.max_length)
 
 
+#: Kinds of frame trouble as the agent's log names them (worded to follow a number).
+CHECKSUM_FAILURES: Final = "checksum failures"
+PARSE_FAILURES: Final = "parse failures"
+NOISE_BYTES: Final = "noise bytes dropped"
+OVERFLOW_BYTES: Final = "bytes of overlong frames dropped"
+UNMATCHED_FRAMES: Final = "unmatched frames"
+
+
 @dataclass
 class SerialStats:
     """What happened to a device's frames; counters only grow."""
@@ -64,6 +76,40 @@ class SerialStats:
     parse_errors: int = 0
     #: Frames no `frames` entry matched (stream): skipped, e.g. NMEA sentences not configured.
     unmatched_frames: int = 0
+    #: Polled: bytes the link's deframer dropped while waiting for replies (a stream
+    #: program's deframer counts its own).
+    noise_bytes: int = 0
+    overflow_bytes: int = 0
+    #: Per kind of trouble, what the latest one looked like (for the agent's log).
+    latest: dict[str, str] = field(default_factory=dict)
+
+    def counts(self, noise_bytes: int, overflow_bytes: int, max_length: int | None) -> FrameCounts:
+        latest = dict(self.latest)
+        if noise_bytes:
+            latest[NOISE_BYTES] = (
+                "bytes outside any frame: line noise, or lines without the start marker"
+            )
+        if overflow_bytes:
+            latest[OVERFLOW_BYTES] = (
+                f"no frame end within max_length ({max_length} bytes): a wrong delimiter or "
+                "framing, or max_length too small"
+            )
+        return FrameCounts(
+            good=self.good_frames,
+            trouble={
+                CHECKSUM_FAILURES: self.checksum_errors,
+                PARSE_FAILURES: self.parse_errors + self.decode_errors,
+                NOISE_BYTES: noise_bytes,
+                OVERFLOW_BYTES: overflow_bytes,
+            },
+            latest=latest,
+            info={UNMATCHED_FRAMES: self.unmatched_frames} if self.unmatched_frames else {},
+        )
+
+
+def _max_length(device: SerialDevice) -> int | None:
+    framing = device.framing
+    return None if isinstance(framing, FixedFraming) else framing.max_length
 
 
 @dataclass
@@ -95,6 +141,7 @@ class FrameDecoder:
             body = self._checksum.verify(frame)
         except ChecksumError as exc:
             self.stats.checksum_errors += 1
+            self.stats.latest[CHECKSUM_FAILURES] = str(exc)
             log.debug("device %s: %s in %r", self.device.name, exc, frame[:80])
             entry = only or self._matching(frame.decode(self.device.encoding, "replace"))
             targets = [entry] if entry is not None else self.entries
@@ -104,6 +151,7 @@ class FrameDecoder:
         except UnicodeDecodeError as exc:
             self.stats.decode_errors += 1
             reason = f"parse error: not {self.device.encoding} text at byte {exc.start}"
+            self.stats.latest[PARSE_FAILURES] = reason
             entry = only or self._matching(body.decode(self.device.encoding, "replace"))
             targets = [entry] if entry is not None else self.entries
             return self.group(ts_ns, [e for t in targets for e in t.parser.fail(reason)])
@@ -114,6 +162,8 @@ class FrameDecoder:
         entries, errors = entry.parser.parse(text)
         if errors:
             self.stats.parse_errors += 1
+            first = next(e for e in entries if "r" in e)
+            self.stats.latest[PARSE_FAILURES] = f"point {first['p']}: {first['r']}"
             log.debug("device %s: parse error in %r", self.device.name, text[:80])
         else:
             self.stats.good_frames += 1
@@ -136,9 +186,16 @@ class SerialCommand:
     #: Seconds to wait for the reply; None: the bus's timeout.
     timeout: float | None
     reply_match: re.Pattern[str] | None = None
+    #: The program's counters, where the link adds what its deframer dropped.
+    stats: SerialStats = field(default_factory=SerialStats)
 
     def new_deframer(self) -> Deframer:
         return new_deframer(self.device)
+
+    def count_dropped(self, deframer: Deframer) -> None:
+        """Add what ``deframer`` dropped while waiting for this command's reply."""
+        self.stats.noise_bytes += deframer.noise_bytes
+        self.stats.overflow_bytes += deframer.overflow_bytes
 
     def accepts(self, frame: bytes) -> bool:
         """Whether ``frame`` can be this command's reply (its ``reply_match``, if any)."""
@@ -166,13 +223,19 @@ class PolledProgram:
                 (c.send + device.command_terminator).encode(device.encoding),
                 device.timeout,
                 re.compile(c.reply_match) if c.reply_match else None,
+                self.decoder.stats,
             )
             for i, c in enumerate(commands)
         ]
+        self._max_length = _max_length(device)
 
     @property
     def stats(self) -> SerialStats:
         return self.decoder.stats
+
+    def frame_counts(self) -> FrameCounts:
+        stats = self.stats
+        return stats.counts(stats.noise_bytes, stats.overflow_bytes, self._max_length)
 
     @property
     def requests(self) -> Sequence[SerialCommand]:
@@ -210,6 +273,12 @@ class StreamProgram:
     @property
     def noise_bytes(self) -> int:
         return self._deframer.noise_bytes
+
+    def frame_counts(self) -> FrameCounts:
+        deframer = self._deframer
+        return self.stats.counts(
+            deframer.noise_bytes, deframer.overflow_bytes, _max_length(self.device)
+        )
 
     @property
     def stale_after(self) -> float:
