@@ -156,7 +156,7 @@ def _allowed_hint(model: type[BaseModel] | None, loc: list[str | int]) -> str:
         return "; check its spelling against `fieldlink schema`"
     close = difflib.get_close_matches(str(loc[-1]), names, n=1)
     guess = f"; did you mean '{close[0]}'?" if close else ""
-    return f"{guess} allowed here: {', '.join(names)}"
+    return f"{guess or ';'} allowed here: {', '.join(names)}"
 
 
 def _field_names_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:

@@ -75,8 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
         return asyncio.run(main())
     except ConfigError as exc:
-        # Problems only found when the buses are built (e.g. a bus mixing streaming and
-        # polled devices): reported like every other config error.
+        # Problems only found when the buses are built (a bus mixing streaming and polled
+        # devices, for a driver without the is_streaming hook): reported like any config error.
         print(exc.render(), file=sys.stderr)
         return 2
 

@@ -148,6 +148,8 @@ class BusWorker:
         """Poll one device once: every point yields exactly one reading, good or bad."""
         groups: list[Group] = []
         failure: str | None = None
+        #: The driver's own words for the failure (which command, which timeout), for the log.
+        detail: str | None = None
         program = device.program
         device.stats.polls += 1
         if device.breaker.is_open(self._clock()):
@@ -186,6 +188,7 @@ class BusWorker:
                         pending.extend(reversed(smaller))  # next, in their order
                         continue
                 failure = exc.reason
+                detail = exc.detail or None
                 device.stats.failed_requests += 1
                 groups.append(program.fail(request, failure, self._wall_ns()))
             else:
@@ -197,7 +200,7 @@ class BusWorker:
             device.breaker.reset()
         device.stats.last_poll_ns = self._wall_ns()
         if failure != device.failing:
-            self._note_state(device, failure)
+            self._note_state(device, failure, detail)
         if groups:
             self._sink(groups)
         return groups
@@ -244,11 +247,14 @@ class BusWorker:
         self._link_failure = exc.reason
         self._next_connect = self._clock() + self._backoff.next_delay()
 
-    def _note_state(self, device: ScheduledDevice, failure: str | None) -> None:
+    def _note_state(
+        self, device: ScheduledDevice, failure: str | None, detail: str | None = None
+    ) -> None:
+        said = f"{failure}: {detail}" if detail else failure
         if failure is None:
             log.info("device %s: recovered", device.config.name)
         elif device.failing is None:
-            log.warning("device %s: failing (%s)", device.config.name, failure)
+            log.warning("device %s: failing (%s)", device.config.name, said)
         else:
-            log.warning("device %s: now failing with %s", device.config.name, failure)
+            log.warning("device %s: now failing with %s", device.config.name, said)
         device.failing = failure

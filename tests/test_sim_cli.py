@@ -162,7 +162,7 @@ async def test_bad_config_exits_2_with_every_problem(tmp_path: Path) -> None:
     assert stderr.decode().splitlines() == [
         f"{config}: 2 problems",
         "  devices[0].unit_id: Input should be less than or equal to 247 (got 300)",
-        "  devices[0].registers[0].bogus: unknown field allowed here: table, address, type, "
+        "  devices[0].registers[0].bogus: unknown field; allowed here: table, address, type, "
         "order, length, scale, offset, value",
     ]
 
