@@ -19,7 +19,10 @@ a different message that reused the id. So :meth:`MqttLink.ack` drops acks of ea
 generations, and messages of an earlier generation still waiting in the queue are discarded.
 A redelivered message may be written twice; identical points overwrite each other.
 
-This is the only module that imports paho; its types and errors do not leave it.
+The paho client, its callbacks and the connection-state logging are the shared
+:class:`fieldlink.mqtt_session.PahoSession`; this module adds manual acknowledgement, the
+shared subscription and the bounded hand-over, without importing paho itself. paho's types and
+errors do not leave the session module.
 """
 
 from __future__ import annotations
@@ -30,16 +33,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from cloud.errors import MqttError, MqttRefusedError
 from config.cloud import MqttSection
+from fieldlink.mqtt_session import PahoSession, SendRefused
 from wire.topics import data_subscription
 
 log = logging.getLogger(__name__)
@@ -69,11 +66,12 @@ class Incoming:
     session: int
 
 
-class MqttLink:
-    """Owns the paho client. Methods other than the paho callbacks run in the event loop."""
+class MqttLink(PahoSession):
+    """The ingester's session. Methods other than the ``_on_*`` hooks run in the event loop."""
 
     def __init__(self, config: MqttSection) -> None:
-        self._config = config
+        super().__init__(config, client_id=config.client_id, logger=log, manual_ack=True)
+        self._settings = config
         self._subscription = data_subscription(root=config.topic_root)
         if config.group is not None:
             # MQTT 5 shared subscription: the broker hands each message to one member of the
@@ -82,69 +80,30 @@ class MqttLink:
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         # Bounds the queue (see the module docstring); released when a message is taken.
         self._slots = threading.Semaphore(config.receive_maximum)
-        self._closing = False
         self._waiting_logged = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # guards _session against the network thread
         self._session = 0
         self._subscribed = asyncio.Event()
         self._failed = asyncio.Event()
         self._fatal: MqttRefusedError | None = None
-        self._disconnected = threading.Event()
         self._unconfirmed = 0  # dead-letter publishes waiting for their PUBACK
         self._confirmed = asyncio.Event()
         self._confirmed.set()
-        self._unreachable_logged = False
-        self._connected = False  # network thread only: for log lines
         self._started = False
         self.discarded = 0  # messages of a lost connection dropped from the queue
-
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            protocol=paho.MQTTv5,
-            manual_ack=True,
-        )
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls is not None:
-            # Verified TLS (certificate and host name); a failed handshake is retried, never
-            # replaced by plain TCP.
-            client.tls_set_context(config.tls.ssl_context())
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
-        client.on_publish = self._on_publish
-        self._client = client
-
-    @property
-    def where(self) -> str:
-        return f"{self._config.host}:{self._config.port}"
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
 
     # --- used by the ingester (event loop thread) -------------------------------------------
 
     def start(self) -> None:
         """Start connecting in paho's thread; returns at once (the broker may be down)."""
-        self._loop = asyncio.get_running_loop()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho: untyped
-        # The session (subscription + unacknowledged and queued messages) survives a restart
-        # of the ingester for this long; clean_start=False below resumes it.
-        props.SessionExpiryInterval = self._config.session_expiry
-        props.ReceiveMaximum = self._config.receive_maximum
         try:
-            self._client.connect_async(
-                self._config.host,
-                self._config.port,
-                keepalive=self._config.keepalive,
-                clean_start=False,
-                properties=props,
+            self._start(
+                session_expiry=self._settings.session_expiry,
+                receive_maximum=self._settings.receive_maximum,
             )
         except ValueError as exc:
             raise MqttRefusedError(f"cannot use MQTT broker {self.where}: {exc}") from exc
-        self._client.loop_start()
         self._started = True
 
     async def wait_subscribed(self) -> None:
@@ -189,8 +148,7 @@ class MqttLink:
         with self._lock:
             if message.session != self._session:
                 return False  # the broker redelivers it on the new connection
-            rc = self._client.ack(message.mid, message.qos)
-        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+            return self._ack(message.mid, message.qos)
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1. paho keeps the message and resends it after a reconnect; the
@@ -198,14 +156,10 @@ class MqttLink:
         self._unconfirmed += 1
         self._confirmed.clear()
         try:
-            info = self._client.publish(topic, payload, qos=1)
-        except (ValueError, RuntimeError) as exc:
+            self._send(topic, payload)
+        except (ValueError, RuntimeError, SendRefused) as exc:
             self._publish_confirmed()
             raise MqttError(f"cannot publish to {topic}: {exc}") from exc
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            # NO_CONN: queued, sent on reconnect. Anything else: paho did not keep it.
-            self._publish_confirmed()
-            raise MqttError(f"cannot publish to {topic}: {paho.error_string(info.rc)}")
 
     async def close(self, grace: float = 5.0) -> None:
         """Wait (bounded) for outstanding publishes, disconnect cleanly, stop the thread."""
@@ -221,47 +175,19 @@ class MqttLink:
                     "%d dead-letter message(s) not confirmed by the broker at shutdown",
                     self._unconfirmed,
                 )
-        self._disconnected.clear()
-        rc = self._client.disconnect()
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            await asyncio.to_thread(self._disconnected.wait, grace)
-        await asyncio.to_thread(self._client.loop_stop)
+        await self._disconnect(grace)
 
-    # --- paho callbacks (network thread) ----------------------------------------------------
-    # paho lets an exception escape a callback and end its network thread, so each callback
-    # catches everything and logs it.
+    # --- hooks (paho's network thread) ------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            if reason.is_failure:
-                self._connect_refused(reason)
-                return
-            with self._lock:
-                self._session += 1
-            self._connected = True
-            self._unreachable_logged = False
-            log.info(
-                "connected to MQTT broker %s as %r (session %s)",
-                self.where,
-                self._config.client_id,
-                "resumed" if flags.session_present else "new",
-            )
-            self._call(self._new_session)
-            # Subscribing again on a resumed session is harmless and covers a broker that lost
-            # its session store.
-            client.subscribe(self._subscription, qos=1)
-        except Exception:
-            log.exception("error in the MQTT connect callback")
+    def _on_accepted(self, session_present: bool, receive_maximum: int | None) -> None:
+        with self._lock:
+            self._session += 1
+        self._call(self._new_session)
+        # Subscribing again on a resumed session is harmless and covers a broker that lost
+        # its session store.
+        self._subscribe(self._subscription)
 
-    def _connect_refused(self, reason: ReasonCode) -> None:
-        code = reason.value
+    def _on_refused(self, code: int, reason: str) -> None:
         if code in _FATAL_CODES:
             self._call(
                 self._set_fatal,
@@ -273,100 +199,48 @@ class MqttLink:
         else:
             log.warning("MQTT broker %s refused the connection: %s; retrying", self.where, reason)
 
-    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        if not self._unreachable_logged:
-            self._unreachable_logged = True
-            log.warning("cannot reach MQTT broker at %s; retrying", self.where)
+    def _on_closed(self, connected_at: float | None) -> None:
+        with self._lock:
+            self._session += 1
 
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            with self._lock:
-                self._session += 1
-            was_connected, self._connected = self._connected, False
-            self._disconnected.set()
-            if reason.is_failure and self._started and was_connected:
-                log.warning("lost the MQTT broker %s (%s); reconnecting", self.where, reason)
-        except Exception:
-            log.exception("error in the MQTT disconnect callback")
-
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        properties: Properties | None,
-    ) -> None:
-        try:
-            failed = [r for r in reasons if r.is_failure]
-            if failed:
-                self._call(
-                    self._set_fatal,
-                    MqttRefusedError(
-                        f"MQTT broker {self.where} refused the subscription to "
-                        f"{self._subscription}: {failed[0]} (check the broker's ACL)"
-                    ),
-                )
-                return
-            log.info("subscribed to %s at QoS 1", self._subscription)
-            self._call(self._subscribed.set)
-        except Exception:
-            log.exception("error in the MQTT subscribe callback")
-
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            try:
-                topic = message.topic
-            except UnicodeDecodeError:
-                topic = "<topic is not UTF-8>"  # brokers refuse these; fails validation anyway
-            incoming = Incoming(
-                topic=topic,
-                payload=bytes(message.payload),
-                mid=message.mid,
-                qos=message.qos,
-                received_ns=time.time_ns(),
-                session=self._session,  # written only by this thread
+    def _on_subscribed(self, refusals: list[str]) -> None:
+        if refusals:
+            self._call(
+                self._set_fatal,
+                MqttRefusedError(
+                    f"MQTT broker {self.where} refused the subscription to "
+                    f"{self._subscription}: {refusals[0]} (check the broker's ACL)"
+                ),
             )
-            while not self._slots.acquire(timeout=0.5):
-                if self._closing:
-                    return  # not acknowledged: the broker redelivers it to the next run
-                if not self._waiting_logged:
-                    self._waiting_logged = True
-                    log.info(
-                        "%d messages wait to be written; pausing reads from the broker until "
-                        "some are (mqtt.receive_maximum)",
-                        self._config.receive_maximum,
-                    )
-            self._call(self._queue.put_nowait, incoming)
-        except Exception:
-            log.exception("error in the MQTT message callback")
+            return
+        log.info("subscribed to %s at QoS 1", self._subscription)
+        self._call(self._subscribed.set)
 
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        with contextlib.suppress(Exception):
-            self._call(self._publish_confirmed)
+    def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        incoming = Incoming(
+            topic=topic,
+            payload=payload,
+            mid=mid,
+            qos=qos,
+            received_ns=time.time_ns(),
+            session=self._session,  # written only by this thread
+        )
+        while not self._slots.acquire(timeout=0.5):
+            if self._closing:
+                return  # not acknowledged: the broker redelivers it to the next run
+            if not self._waiting_logged:
+                self._waiting_logged = True
+                log.info(
+                    "%d messages wait to be written; pausing reads from the broker until "
+                    "some are (mqtt.receive_maximum)",
+                    self._settings.receive_maximum,
+                )
+        self._call(self._queue.put_nowait, incoming)
+
+    def _on_published(self, mid: int, code: int, reason: str) -> None:
+        self._call(self._publish_confirmed)
 
     # --- run in the event loop, scheduled from the network thread ---------------------------
-
-    def _call(self, callback: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to hand over
-            loop.call_soon_threadsafe(callback, *args)
 
     def _new_session(self) -> None:
         # Scheduled by on_connect before any message of the new connection is handed over

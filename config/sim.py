@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, model_validator
 
@@ -157,23 +157,25 @@ def _value_kind(value: Any) -> str | None:
     return None
 
 
+#: The waveforms, tagged as :func:`_value_kind` names them; registers and instrument
+#: placeholders take the same ones.
+_TaggedWave = (
+    Annotated[ConstantWave, Tag("Constant")]
+    | Annotated[SineWave, Tag("Sine")]
+    | Annotated[RampWave, Tag("Ramp")]
+    | Annotated[CounterWave, Tag("Counter")]
+    | Annotated[RandomWalkWave, Tag("RandomWalk")]
+)
+_VALUE_EXPECTED = (
+    f"expected a number, a text, or a waveform with `wave:` one of {', '.join(_WAVE_TAGS)}"
+)
+
 RegisterValue = Annotated[
     Annotated[Number, Tag("Number")]
     | Annotated[bool, Tag("Bool")]
     | Annotated[str, Tag("Text")]
-    | Annotated[ConstantWave, Tag("Constant")]
-    | Annotated[SineWave, Tag("Sine")]
-    | Annotated[RampWave, Tag("Ramp")]
-    | Annotated[CounterWave, Tag("Counter")]
-    | Annotated[RandomWalkWave, Tag("RandomWalk")],
-    Discriminator(
-        _value_kind,
-        custom_error_type="sim_value",
-        custom_error_message=(
-            "expected a number, a text, or a waveform with `wave:` one of "
-            "constant, sine, ramp, counter, random_walk"
-        ),
-    ),
+    | _TaggedWave,
+    Discriminator(_value_kind, custom_error_type="sim_value", custom_error_message=_VALUE_EXPECTED),
 ]
 
 
@@ -345,8 +347,32 @@ DropRule = Annotated[
 ]
 
 
-class SimFault(StrictModel):
+class _OneKindFault(StrictModel):
+    """A fault model whose fields ``fault_kinds`` are alternatives: exactly one is given."""
+
+    fault_kinds: ClassVar[tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Self:
+        given = [k for k in self.fault_kinds if getattr(self, k) is not None]
+        if not given:
+            raise ValueError(f"a fault needs one of: {', '.join(self.fault_kinds)}")
+        if len(given) > 1:
+            raise ValueError(
+                f"@{given[1]}: one kind per fault; this one already has `{given[0]}`, "
+                "give the other as its own list entry"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self.fault_kinds if getattr(self, k) is not None)
+
+
+class SimFault(_OneKindFault):
     """One injected fault: exactly one of its kinds, optionally limited to an address range."""
+
+    fault_kinds = _FAULT_KINDS
 
     latency: float | None = Field(
         default=None, ge=0, le=60, description="Seconds added before every matching answer."
@@ -386,15 +412,7 @@ class SimFault(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _one_kind(self) -> SimFault:
-        given = [k for k in _FAULT_KINDS if getattr(self, k) is not None]
-        if not given:
-            raise ValueError(f"a fault needs one of: {', '.join(_FAULT_KINDS)}")
-        if len(given) > 1:
-            raise ValueError(
-                f"@{given[1]}: one kind per fault; this one already has `{given[0]}`, "
-                "give the other as its own list entry"
-            )
+    def _address_range(self) -> SimFault:
         if self.addresses is not None:
             first, last = self.addresses
             if not 0 <= first <= last <= 65535:
@@ -402,10 +420,6 @@ class SimFault(StrictModel):
                     f"@addresses: need 0 <= first <= last <= 65535, got [{first}, {last}]"
                 )
         return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in _FAULT_KINDS if getattr(self, k) is not None)
 
 
 def _identity_text(value: str) -> str:
@@ -635,20 +649,11 @@ def _instrument_value_kind(value: Any) -> str | None:
 
 #: What a placeholder of an instrument template shows: a constant or a waveform.
 InstrumentValue = Annotated[
-    Annotated[Number, Tag("Number")]
-    | Annotated[str, Tag("Text")]
-    | Annotated[ConstantWave, Tag("Constant")]
-    | Annotated[SineWave, Tag("Sine")]
-    | Annotated[RampWave, Tag("Ramp")]
-    | Annotated[CounterWave, Tag("Counter")]
-    | Annotated[RandomWalkWave, Tag("RandomWalk")],
+    Annotated[Number, Tag("Number")] | Annotated[str, Tag("Text")] | _TaggedWave,
     Discriminator(
         _instrument_value_kind,
         custom_error_type="instrument_value",
-        custom_error_message=(
-            "expected a number, a text, or a waveform with `wave:` one of "
-            "constant, sine, ramp, counter, random_walk"
-        ),
+        custom_error_message=_VALUE_EXPECTED,
     ),
 ]
 
@@ -673,8 +678,10 @@ class ClosePort(StrictModel):
     )
 
 
-class InstrumentFault(StrictModel):
+class InstrumentFault(_OneKindFault):
     """One injected fault of a serial instrument: exactly one of its kinds."""
+
+    fault_kinds = _INSTRUMENT_FAULT_KINDS
 
     garbage: Chance | None = Field(
         default=None,
@@ -703,22 +710,6 @@ class InstrumentFault(StrictModel):
             "vanishes (and the symlink); a new one appears after s seconds."
         ),
     )
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> InstrumentFault:
-        given = [k for k in _INSTRUMENT_FAULT_KINDS if getattr(self, k) is not None]
-        if not given:
-            raise ValueError(f"a fault needs one of: {', '.join(_INSTRUMENT_FAULT_KINDS)}")
-        if len(given) > 1:
-            raise ValueError(
-                f"@{given[1]}: one kind per fault; this one already has `{given[0]}`, "
-                "give the other as its own list entry"
-            )
-        return self
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in _INSTRUMENT_FAULT_KINDS if getattr(self, k) is not None)
 
 
 def _request_text(value: str) -> str:

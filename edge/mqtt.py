@@ -28,7 +28,9 @@ What it adds to a bare client, and why:
   that lasted ``STABLE_CONNECTION_S``: a broker that accepts and then drops the agent at
   once (a duplicate client id) keeps backing off.
 
-This is the only module of the agent that imports paho; its types and errors stay here.
+The client, its callbacks and the connection-state logging are the shared
+:class:`fieldlink.mqtt_session.PahoSession` (also the ingester's); this module adds the rest
+above. paho's types and errors do not leave these modules.
 """
 
 from __future__ import annotations
@@ -36,22 +38,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from config.edge import MqttSection
 from edge.backoff import Backoff
+from fieldlink.mqtt_session import PahoSession, SendRefused
 
 log = logging.getLogger("fieldlink.edge.mqtt")
 
@@ -115,8 +111,11 @@ def connack_text(code: int, reason: str, where: str, username: str | None) -> st
     return head
 
 
-class AgentSession:
-    """Owns the paho client. Public methods run in the event loop; callbacks in paho's thread."""
+class AgentSession(PahoSession):
+    """The agent's session. Public methods run in the event loop; the ``_on_*`` hooks in
+    paho's thread."""
+
+    retry_note = "readings stay spooled, retrying"
 
     def __init__(
         self,
@@ -128,21 +127,17 @@ class AgentSession:
         birth: dict[str, Any],
         on_confirm: Callable[[bytes], None],
     ) -> None:
-        self._config = config
-        self._client_id = client_id
+        super().__init__(config, client_id=client_id, logger=log, v5=config.protocol == "5")
+        self._settings = config
         self._status_topic = status_topic
         self._confirm_topic = confirm_topic
         self._birth = orjson.dumps({"state": "online", **birth})
-        self._on_confirm = on_confirm
-        self._v5 = config.protocol == "5"
-        self._loop: asyncio.AbstractEventLoop | None = None
-        #: mid → (future, topic) until its PUBACK.
+        self._confirm_handler = on_confirm
+        #: mid → (future, topic) until its PUBACK; touched only in the event loop.
         self._pending: dict[int, tuple[asyncio.Future[None], str]] = {}
-        self._lock = threading.Lock()  # (close() only: _pending lives in the event loop)
         self.connected = asyncio.Event()
         #: The broker's Receive Maximum (MQTT 5 CONNACK), 65535 if it named none.
         self.receive_maximum = 65535
-        self._unreachable_logged = False
         #: The last CONNACK refusal logged (logged once until a connection succeeds).
         self._refusal_logged: str | None = None
         #: Why the last connection attempt failed (for tools that wait on a connection).
@@ -150,21 +145,8 @@ class AgentSession:
         #: paho's last transport error (a TLS alert after the handshake), from its log.
         self._transport_error: str | None = None
         self._backoff = Backoff(initial=config.reconnect_initial, maximum=config.reconnect_max)
-        #: Monotonic time of the last successful CONNACK; None while not connected.
-        self._connected_at: float | None = None
-        self._closing = False
 
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
-            clean_session=None if self._v5 else False,
-        )
-        if config.username is not None:
-            client.username_pw_set(config.username, config.password)
-        if config.tls is not None:
-            # check_hostname stays on: there is no insecure mode.
-            client.tls_set_context(config.tls.ssl_context())
+        client = self._client
         will = orjson.dumps({"state": "offline"})
         client.will_set(status_topic, will, qos=1, retain=True)
         # Replaced before every wait (_set_next_delay); this only bounds a wait paho might
@@ -172,16 +154,6 @@ class AgentSession:
         _apply_delay(client, config.reconnect_max)
         client.max_inflight_messages_set(config.max_inflight)
         client.on_log = self._on_log
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        self._client = client
-
-    @property
-    def where(self) -> str:
-        return f"{self._config.host}:{self._config.port}"
 
     @property
     def who(self) -> str:
@@ -191,31 +163,25 @@ class AgentSession:
 
     def start(self) -> None:
         """Start connecting in paho's thread; returns at once (the broker may be down)."""
-        self._loop = asyncio.get_running_loop()
-        kwargs: dict[str, Any] = {"keepalive": self._config.keepalive}
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = self._config.session_expiry
-            kwargs.update(clean_start=False, properties=props)
-        self._client.connect_async(self._config.host, self._config.port, **kwargs)
-        self._client.loop_start()
+        self._start(session_expiry=self._settings.session_expiry)
 
     def publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
         """Publish at QoS 1; the future resolves on a successful PUBACK."""
         assert self._loop is not None, "start() first"
         future: asyncio.Future[None] = self._loop.create_future()
         # Fix (issue 4): no lock held around paho's publish(). It takes paho's
-        # _out_message_mutex, which paho's network thread holds while it calls _on_publish;
-        # _on_publish used to take our lock, publish() held it around the paho call: the two
-        # threads deadlocked as soon as a PUBACK arrived during a publish (seen while a backlog
-        # drained: the agent froze for good). _pending is now touched only in the event loop
-        # thread, and _on_publish hands the PUBACK over to it (_settle), which runs after this
-        # registration since the loop is busy here.
-        info = self._client.publish(topic, payload, qos=1)
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            future.set_exception(NotDelivered(paho.error_string(info.rc)))
+        # _out_message_mutex, which paho's network thread holds while it calls the publish
+        # callback; that callback used to take our lock, publish() held it around the paho
+        # call: the two threads deadlocked as soon as a PUBACK arrived during a publish (seen
+        # while a backlog drained: the agent froze for good). _pending is now touched only in
+        # the event loop thread, and _on_published hands the PUBACK over to it (_settle),
+        # which runs after this registration since the loop is busy here.
+        try:
+            mid = self._send(topic, payload)
+        except SendRefused as exc:
+            future.set_exception(NotDelivered(str(exc)))
             return future
-        self._pending[info.mid] = (future, topic)
+        self._pending[mid] = (future, topic)
         return future
 
     async def close(self, grace: float = 5.0) -> None:
@@ -228,118 +194,66 @@ class AgentSession:
             info = self._client.publish(self._status_topic, offline, qos=1, retain=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, grace), grace + 1)
-        self._client.disconnect()
-        await asyncio.to_thread(self._client.loop_stop)
-        with self._lock:
-            pending, self._pending = self._pending, {}
+        await self._disconnect(grace)
+        pending, self._pending = self._pending, {}
         for future, _ in pending.values():
             if not future.done():
                 future.set_exception(NotDelivered("the session was closed"))
         self._loop = None
 
-    # --- paho callbacks (network thread); each catches everything, as paho's thread dies on
-    # an exception escaping a callback.
+    # --- hooks (paho's network thread) ------------------------------------------------------
 
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            if reason.is_failure:
-                text = connack_text(reason.value, str(reason), self.where, self._config.username)
-                self.last_error = text
-                if self._refusal_logged != text:
-                    self._refusal_logged = text
-                    log.error(
-                        "%s; readings stay spooled, retrying with backoff (up to %g s; logged "
-                        "once until connected)",
-                        text,
-                        self._config.reconnect_max,
-                    )
-                return
-            maximum = getattr(properties, "ReceiveMaximum", None) if properties else None
-            self.receive_maximum = int(maximum) if maximum else 65535
-            self._unreachable_logged = False
-            self._refusal_logged = None
-            self._connected_at = time.monotonic()
-            self.last_error = self._transport_error = None
-            log.info(
-                "connected to MQTT broker %s (session %s)",
-                self.where,
-                "resumed" if flags.session_present else "new",
+    def _on_refused(self, code: int, reason: str) -> None:
+        text = connack_text(code, reason, self.where, self._config.username)
+        self.last_error = text
+        if self._refusal_logged != text:
+            self._refusal_logged = text
+            log.error(
+                "%s; readings stay spooled, retrying with backoff (up to %g s; logged "
+                "once until connected)",
+                text,
+                self._settings.reconnect_max,
             )
-            client.publish(self._status_topic, self._birth, qos=1, retain=True)
-            client.subscribe(self._confirm_topic, qos=1)
-            self._call(self.connected.set)
-        except Exception:
-            log.exception("error in the MQTT connect callback")
 
-    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        # paho calls this from inside its `except OSError:`, so the cause is still at hand.
-        error = sys.exc_info()[1]
-        if isinstance(error, ssl.SSLError):
-            self.last_error = f"TLS handshake failed: {error}"
-        elif error is not None:
-            self.last_error = str(error) or type(error).__name__
-        else:
-            self.last_error = "connection failed"
-        if not self._unreachable_logged:
-            self._unreachable_logged = True
-            log.warning(
-                "cannot reach MQTT broker at %s (%s); readings stay spooled, retrying",
-                self.where,
-                self.last_error,
-            )
-        self._set_next_delay(client)
+    def _on_accepted(self, session_present: bool, receive_maximum: int | None) -> None:
+        self.receive_maximum = receive_maximum or 65535
+        self._refusal_logged = None
+        self.last_error = self._transport_error = None
+        self._client.publish(self._status_topic, self._birth, qos=1, retain=True)
+        self._subscribe(self._confirm_topic)
+        self._call(self.connected.set)
 
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            self._call(self.connected.clear)
-            connected_at, self._connected_at = self._connected_at, None
-            if self._closing:
-                return
-            if connected_at is None:
-                # Refused or cut before a CONNACK: the CONNACK text is logged already; else
-                # what paho logged (a broker demanding a client certificate fails after the
-                # TLS handshake, at the first read).
-                if self._refusal_logged is None:
-                    self.last_error = (
-                        self._transport_error
-                        or "the broker closed the connection before accepting it"
-                    )
-                    if not self._unreachable_logged:
-                        self._unreachable_logged = True
-                        log.warning(
-                            "MQTT broker %s closed the connection before accepting it (%s); "
-                            "readings stay spooled, retrying",
-                            self.where,
-                            self.last_error,
-                        )
-            else:
-                if time.monotonic() - connected_at >= STABLE_CONNECTION_S:
-                    self._backoff.reset()
-                if reason.is_failure:
-                    log.warning("lost MQTT broker %s (%s); reconnecting", self.where, reason)
-            self._set_next_delay(client)
-        except Exception:
-            log.exception("error in the MQTT disconnect callback")
+    def _on_unreachable(self, cause: str) -> None:
+        self.last_error = cause
+        self._set_next_delay()
 
-    def _set_next_delay(self, client: paho.Client) -> None:
+    def _on_closed(self, connected_at: float | None) -> None:
+        self._call(self.connected.clear)
+        if self._closing:
+            return
+        if connected_at is None:
+            # Refused or cut before a CONNACK: the CONNACK text is logged already; else
+            # what paho logged (a broker demanding a client certificate fails after the
+            # TLS handshake, at the first read).
+            if self._refusal_logged is None:
+                self.last_error = (
+                    self._transport_error or "the broker closed the connection before accepting it"
+                )
+                self._warn_once(
+                    "MQTT broker %s closed the connection before accepting it (%s); "
+                    "readings stay spooled, retrying",
+                    self.where,
+                    self.last_error,
+                )
+        elif time.monotonic() - connected_at >= STABLE_CONNECTION_S:
+            self._backoff.reset()
+        self._set_next_delay()
+
+    def _set_next_delay(self) -> None:
         """Set paho's next reconnect wait to a jittered step of our backoff (paho waits
         after every on_disconnect/on_connect_fail of a connection it will retry)."""
         delay = self._backoff.next_delay()
-        _apply_delay(client, delay)
+        _apply_delay(self._client, delay)
         log.debug("MQTT broker %s: next connection attempt in %.2f s", self.where, delay)
 
     def _on_log(self, client: paho.Client, userdata: Any, level: int, buf: str) -> None:
@@ -353,20 +267,9 @@ class AgentSession:
                 )
             self._transport_error = buf
 
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        properties: Properties | None,
-    ) -> None:
-        try:
-            # Settled in the event loop (see publish() for why not here under a lock).
-            code = reason.value if isinstance(reason, ReasonCode) else 0
-            self._call(self._settle, mid, code, str(reason))
-        except Exception:
-            log.exception("error in the MQTT publish callback")
+    def _on_published(self, mid: int, code: int, reason: str) -> None:
+        # Settled in the event loop (see publish() for why not here under a lock).
+        self._call(self._settle, mid, code, reason)
 
     def _settle(self, mid: int, code: int, reason: str) -> None:
         """In the event loop: resolve the future of ``mid`` from its PUBACK's code."""
@@ -380,18 +283,8 @@ class AgentSession:
         else:
             _succeed(future)
 
-    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        try:
-            self._call(self._on_confirm, bytes(message.payload))
-        except Exception:
-            log.exception("error in the MQTT message callback")
-
-    def _call(self, callback: Any, *args: Any) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(callback, *args)
+    def _on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        self._call(self._confirm_handler, payload)
 
 
 def _apply_delay(client: paho.Client, delay: float) -> None:

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict, Unpack
 
 __all__ = [
     "LOOPBACK",
@@ -45,6 +45,7 @@ __all__ = [
     "PortInUseError",
     "Service",
     "ServiceError",
+    "ServiceOptions",
     "VictoriaMetrics",
     "free_port",
     "http_request",
@@ -200,6 +201,19 @@ def _close_all_services() -> None:
     for service in services:
         with contextlib.suppress(Exception):
             service.close()
+
+
+class ServiceOptions(TypedDict, total=False):
+    """What every :class:`Service` takes, keyword only: ``data_dir`` (default a fresh temp
+    dir, deleted by ``close()``), ``port`` (default a free one), ``binary`` (default the
+    service's usual executable on PATH or in the sbin dirs), ``startup_timeout`` (30 s) and
+    ``stop_timeout`` (10 s)."""
+
+    data_dir: str | os.PathLike[str] | None
+    port: int | None
+    binary: str | None
+    startup_timeout: float
+    stop_timeout: float
 
 
 class Service:
@@ -496,23 +510,13 @@ class Mosquitto(Service):
     def __init__(
         self,
         *,
-        data_dir: str | os.PathLike[str] | None = None,
-        port: int | None = None,
-        binary: str | None = None,
         extra_config: str = "",
         allow_anonymous: bool = True,
         password_file: str | os.PathLike[str] | None = None,
         acl_file: str | os.PathLike[str] | None = None,
-        startup_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
+        **options: Unpack[ServiceOptions],
     ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            port=port,
-            binary=binary,
-            startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout,
-        )
+        super().__init__(**options)
         self.extra_config = extra_config
         self.allow_anonymous = allow_anonymous
         self.password_file = None if password_file is None else Path(password_file).resolve()
@@ -559,7 +563,22 @@ class Mosquitto(Service):
         return _tcp_connects(self.host, self.port)
 
 
-class InfluxDB1(Service):
+class _HttpService(Service):
+    """A service with an HTTP API on ``url``; it answers once ``GET health_path`` returns
+    ``health_status``."""
+
+    health_path: ClassVar[str]
+    health_status: ClassVar[int]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _answers(self) -> bool:
+        return _http_status(f"{self.url}{self.health_path}") == self.health_status
+
+
+class InfluxDB1(_HttpService):
     """InfluxDB 1.x (``influxd``) with its HTTP API on ``url``.
 
     Also moves the RPC (backup/restore) listener, default 8088, to a free port, since a
@@ -569,31 +588,14 @@ class InfluxDB1(Service):
 
     name = "influxd"
     package = "influxdb"
+    health_path = "/ping"
+    health_status = 204
 
-    def __init__(
-        self,
-        *,
-        data_dir: str | os.PathLike[str] | None = None,
-        port: int | None = None,
-        rpc_port: int | None = None,
-        binary: str | None = None,
-        startup_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
-    ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            port=port,
-            binary=binary,
-            startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout,
-        )
+    def __init__(self, *, rpc_port: int | None = None, **options: Unpack[ServiceOptions]) -> None:
+        super().__init__(**options)
         self._rpc_port_fixed = rpc_port is not None
         self.rpc_port: int = rpc_port if rpc_port is not None else free_port()
         self.config_path = self.data_dir / "influxdb.conf"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def _ports(self) -> list[int]:
         return [self.port, self.rpc_port]
@@ -644,9 +646,6 @@ bind-address = "{self.host}:{self.rpc_port}"
 """
         self.config_path.write_text(config)
         return [self.binary, "run", "-config", str(self.config_path)]
-
-    def _answers(self) -> bool:
-        return _http_status(f"{self.url}/ping") == 204
 
     # -- API helpers ------------------------------------------------------------------------
 
@@ -699,7 +698,7 @@ def quote_ident(name: str) -> str:
     return f'"{escaped}"'
 
 
-class VictoriaMetrics(Service):
+class VictoriaMetrics(_HttpService):
     """Single-node VictoriaMetrics with its HTTP API on ``url``.
 
     Tuned for tests: fresh points are visible to queries at "now"
@@ -714,29 +713,14 @@ class VictoriaMetrics(Service):
 
     name = "victoria-metrics"
     package = "victoria-metrics"
+    health_path = "/health"
+    health_status = 200
 
     def __init__(
-        self,
-        *,
-        data_dir: str | os.PathLike[str] | None = None,
-        port: int | None = None,
-        binary: str | None = None,
-        extra_args: Sequence[str] = (),
-        startup_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
+        self, *, extra_args: Sequence[str] = (), **options: Unpack[ServiceOptions]
     ) -> None:
-        super().__init__(
-            data_dir=data_dir,
-            port=port,
-            binary=binary,
-            startup_timeout=startup_timeout,
-            stop_timeout=stop_timeout,
-        )
+        super().__init__(**options)
         self.extra_args = list(extra_args)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     def _command(self) -> list[str]:
         return [
@@ -749,9 +733,6 @@ class VictoriaMetrics(Service):
             "-loggerLevel=ERROR",
             *self.extra_args,
         ]
-
-    def _answers(self) -> bool:
-        return _http_status(f"{self.url}/health") == 200
 
     # -- API helpers ------------------------------------------------------------------------
 

@@ -24,8 +24,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from types import TracebackType
+from dataclasses import dataclass, replace
 from typing import Any, Final, NamedTuple
 
 from config.sim import (
@@ -39,6 +38,7 @@ from sim.faults import strikes
 from sim.instrument_frame import Template, Value, compile_template, encode_frame
 from sim.pty import PtyLine, open_pty
 from sim.server import SimStartError
+from sim.serving import Clock, Served
 from sim.waves import value_function
 
 log = logging.getLogger(__name__)
@@ -75,9 +75,10 @@ class Sent(NamedTuple):
     fault: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InstrumentStats:
-    """Counters of one instrument."""
+    """Counters of one instrument. The rack counts in one of these; :meth:`InstrumentRack.stats`
+    returns a copy, so changing it changes nothing there."""
 
     #: Frames (stream) or replies (command) written.
     frames: int = 0
@@ -94,18 +95,6 @@ class InstrumentStats:
     #: Times its port was closed (by the `close_port` fault or :meth:`InstrumentRack.close_port`).
     closes: int = 0
     #: Stream bytes nobody read during a whole interval, dropped before the next burst.
-    discarded_bytes: int = 0
-
-
-@dataclass(slots=True)
-class _Counters:
-    frames: int = 0
-    requests: int = 0
-    unknown_requests: int = 0
-    silenced: int = 0
-    corrupted: int = 0
-    garbage: int = 0
-    closes: int = 0
     discarded_bytes: int = 0
 
 
@@ -287,7 +276,7 @@ class _Instrument:
         self._terminator = config.terminator.encode(config.encoding)
         self.silent = False
         self.corrupt_pending = 0
-        self.counters = _Counters()
+        self.counters = InstrumentStats()
         # Bounded, so that `fieldlink sim run` can run for weeks.
         self.sent: deque[Sent] = deque(maxlen=_MAX_RECORDS)
         self.received: deque[str] = deque(maxlen=_MAX_RECORDS)
@@ -374,25 +363,10 @@ class _Instrument:
             slot = max(slot + 1, math.floor((loop.time() - start) / interval))
 
     def stats(self) -> InstrumentStats:
-        c = self.counters
-        return InstrumentStats(
-            frames=c.frames,
-            requests=c.requests,
-            unknown_requests=c.unknown_requests,
-            silenced=c.silenced,
-            corrupted=c.corrupted,
-            garbage=c.garbage,
-            closes=c.closes,
-            discarded_bytes=c.discarded_bytes,
-        )
+        return replace(self.counters)
 
 
-def _monotonic_since_now() -> Callable[[], float]:
-    start = time.monotonic()
-    return lambda: time.monotonic() - start
-
-
-class InstrumentRack:
+class InstrumentRack(Served):
     """Serves every instrument of a :class:`SimConfig` while the ``async with`` block runs.
 
     ``clock`` returns seconds and drives the waveforms (default: monotonic time since the
@@ -406,56 +380,40 @@ class InstrumentRack:
         clock: Callable[[], float] | None = None,
         on_reopen: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(clock)
         self._config = config
-        self._clock = clock
         self._on_reopen = on_reopen or (lambda: None)
         self._lines: list[_Line] = []
         self._instruments: dict[str, _Instrument] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def __aenter__(self) -> InstrumentRack:
-        if self._lines:
-            raise RuntimeError("this InstrumentRack is already running")
-        clock = self._clock if self._clock is not None else _monotonic_since_now()
+    async def _open(self, clock: Clock) -> None:
         lines: dict[str, _Line] = {}
-        try:
-            for config in self._config.instruments:
-                line = lines.get(config.line_key())
-                if line is None:
-                    line = lines[config.line_key()] = _Line(config, self._on_reopen)
-                    self._lines.append(line)
-                    try:
-                        line.open()
-                    except OSError as exc:
-                        where = f" with link {config.serial_link}" if config.serial_link else ""
-                        raise SimStartError(
-                            f"cannot open a pseudo-terminal{where} for {config.name}: "
-                            f"{exc.strerror or exc}"
-                        ) from exc
-                inst = _Instrument(config, line, clock)
-                line.instruments.append(inst)
-                self._instruments[config.name] = inst
-            for inst in self._instruments.values():
-                if inst.config.mode == "stream":
-                    self._spawn(inst.stream(), f"stream {inst.config.name}")
-            for line in self._lines:
-                if line.config.mode == "command":
-                    self._spawn(line.answer_requests(), f"replies on {line.path}")
-        except BaseException:
-            await self._close()
-            raise
-        return self
+        for config in self._config.instruments:
+            line = lines.get(config.line_key())
+            if line is None:
+                line = lines[config.line_key()] = _Line(config, self._on_reopen)
+                self._lines.append(line)
+                try:
+                    line.open()
+                except OSError as exc:
+                    where = f" with link {config.serial_link}" if config.serial_link else ""
+                    raise SimStartError(
+                        f"cannot open a pseudo-terminal{where} for {config.name}: "
+                        f"{exc.strerror or exc}"
+                    ) from exc
+            inst = _Instrument(config, line, clock)
+            line.instruments.append(inst)
+            self._instruments[config.name] = inst
+        for inst in self._instruments.values():
+            if inst.config.mode == "stream":
+                self._spawn(inst.stream(), f"stream {inst.config.name}")
+        for line in self._lines:
+            if line.config.mode == "command":
+                self._spawn(line.answer_requests(), f"replies on {line.path}")
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.get_running_loop().create_task(work, name=name))
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
 
     async def _close(self) -> None:
         tasks, self._tasks = self._tasks, []

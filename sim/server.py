@@ -7,11 +7,9 @@ ASCII frames.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 from config.sim import SimConfig, SimDevice
@@ -20,6 +18,7 @@ from sim.image import RegisterImage
 from sim.line import Framing, LineServer, LineStats
 from sim.pdu import handle_pdu
 from sim.pty import PtyLine, open_pty
+from sim.serving import Clock, Served
 from sim.tcp import PduHandler, TcpListener, listen_tcp
 
 
@@ -45,17 +44,12 @@ class DeviceStats:
     delayed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class BusStats:
-    """Counters of the line or listener a device is on (see :class:`sim.line.LineStats`);
-    the frame counters stay 0 on a Modbus TCP listener, which does not count frames."""
+@dataclass
+class BusStats(LineStats):
+    """Counters of the line or listener a device is on, a copy: the frame counters of
+    :class:`sim.line.LineStats` (they stay 0 on a Modbus TCP listener, which does not count
+    frames) and the refused connections."""
 
-    frames: int = 0
-    crc_errors: int = 0
-    collisions: int = 0
-    short_gaps: int = 0
-    foreign: int = 0
-    broadcasts: int = 0
     #: Connections closed on arrival because of `max_connections`.
     refused_connections: int = 0
 
@@ -89,12 +83,7 @@ class _Unit:
         return answer
 
 
-def _monotonic_since_now() -> Callable[[], float]:
-    start = time.monotonic()
-    return lambda: time.monotonic() - start
-
-
-class SimPlant:
+class SimPlant(Served):
     """Serves the devices of a :class:`SimConfig` while the ``async with`` block runs.
 
     ``clock`` returns seconds and drives every waveform; it defaults to the monotonic time
@@ -102,8 +91,8 @@ class SimPlant:
     """
 
     def __init__(self, config: SimConfig, clock: Callable[[], float] | None = None) -> None:
+        super().__init__(clock)
         self._config = config
-        self._clock = clock
         self._listeners: list[TcpListener] = []
         self._lines: list[PtyLine] = []
         self._endpoints: dict[str, tuple[str, int, int]] = {}
@@ -111,29 +100,21 @@ class SimPlant:
         self._units: dict[str, _Unit | FaultyUnit] = {}
         self._buses: dict[str, tuple[LineStats | None, TcpListener | None]] = {}
 
-    async def __aenter__(self) -> SimPlant:
-        if self._listeners or self._lines:
-            raise RuntimeError("this SimPlant is already running")
-        clock = self._clock if self._clock is not None else _monotonic_since_now()
+    async def _open(self, clock: Clock) -> None:
         groups: dict[tuple[str, int, str], list[SimDevice]] = {}
         for device in self._config.devices:
             groups.setdefault(device.listener_key(), []).append(device)
         self._units = {d.name: _make_unit(d, clock) for d in self._config.devices}
-        try:
-            for devices in groups.values():
-                handlers: dict[int, PduHandler] = {d.unit_id: self._units[d.name] for d in devices}
-                if devices[0].is_serial:
-                    self._open_line(devices, handlers)
-                else:
-                    await self._listen(devices, handlers)
-        except BaseException:
-            await self._close()
-            raise
+        for devices in groups.values():
+            handlers: dict[int, PduHandler] = {d.unit_id: self._units[d.name] for d in devices}
+            if devices[0].is_serial:
+                self._open_line(devices, handlers)
+            else:
+                await self._listen(devices, handlers)
         # Report devices in the order of the config file, not of the listeners.
         order = [d.name for d in self._config.devices]
         self._endpoints = {n: self._endpoints[n] for n in order if n in self._endpoints}
         self._serial = {n: self._serial[n] for n in order if n in self._serial}
-        return self
 
     async def _listen(self, devices: list[SimDevice], handlers: dict[int, PduHandler]) -> None:
         first = devices[0]
@@ -188,14 +169,6 @@ class SimPlant:
                 line.path, device.unit_id, device.transport, first.serial_link
             )
             self._buses[device.name] = (stats, None)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._close()
 
     async def _close(self) -> None:
         # Stats stay readable after the plant stopped (benchmarks report them); endpoints
@@ -252,15 +225,7 @@ class SimPlant:
         refused = listener.limit.refused if listener is not None and listener.limit else 0
         if stats is None:
             return BusStats(refused_connections=refused)
-        return BusStats(
-            frames=stats.frames,
-            crc_errors=stats.crc_errors,
-            collisions=stats.collisions,
-            short_gaps=stats.short_gaps,
-            foreign=stats.foreign,
-            broadcasts=stats.broadcasts,
-            refused_connections=refused,
-        )
+        return BusStats(**asdict(stats), refused_connections=refused)
 
 
 def _make_unit(device: SimDevice, clock: Callable[[], float]) -> _Unit | FaultyUnit:

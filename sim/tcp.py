@@ -36,22 +36,15 @@ _MIN_LENGTH: Final = 2
 _MAX_LENGTH: Final = 254
 
 
-class ModbusTcpProtocol(asyncio.Protocol):
-    """One client connection."""
+class _ListenerConnection(asyncio.Protocol):
+    """One client connection of a listener: counted in ``connections`` while open (so
+    closing the listener can drop it), or closed on arrival when ``limit`` is full.
+    Subclasses add what they serve in :meth:`_opened` and :meth:`_closed`."""
 
-    def __init__(
-        self,
-        units: Mapping[int, PduHandler],
-        connections: set[asyncio.Transport],
-        limit: ConnectionLimit | None = None,
-    ) -> None:
-        self._units = units
+    def __init__(self, connections: set[asyncio.Transport], limit: ConnectionLimit | None) -> None:
         self._connections = connections
         self._limit = limit
         self._transport: asyncio.Transport | None = None
-        self._tail = b""
-        #: Created at the first delayed answer; while it holds answers, all answers queue.
-        self._outbox: Outbox | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -60,13 +53,39 @@ class ModbusTcpProtocol(asyncio.Protocol):
             return
         self._transport = transport
         self._connections.add(transport)
+        self._opened(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._outbox is not None:
-            self._outbox.close()
+        self._closed()
         if self._transport is not None:
             self._connections.discard(self._transport)
             self._transport = None
+
+    def _opened(self, transport: asyncio.Transport) -> None:
+        """An admitted connection starts."""
+
+    def _closed(self) -> None:
+        """The connection ended (admitted or not)."""
+
+
+class ModbusTcpProtocol(_ListenerConnection):
+    """One Modbus TCP client connection."""
+
+    def __init__(
+        self,
+        units: Mapping[int, PduHandler],
+        connections: set[asyncio.Transport],
+        limit: ConnectionLimit | None = None,
+    ) -> None:
+        super().__init__(connections, limit)
+        self._units = units
+        self._tail = b""
+        #: Created at the first delayed answer; while it holds answers, all answers queue.
+        self._outbox: Outbox | None = None
+
+    def _closed(self) -> None:
+        if self._outbox is not None:
+            self._outbox.close()
 
     # A client that sends faster than it reads would grow our write buffer without bound;
     # stop reading until it catches up, as TCP flow control intends.
@@ -159,7 +178,7 @@ class ConnectionLimit:
         return False
 
 
-class LineTcpProtocol(asyncio.Protocol):
+class LineTcpProtocol(_ListenerConnection):
     """One RTU-over-TCP (or ASCII-over-TCP) connection: the stream goes to a LineServer."""
 
     def __init__(
@@ -170,32 +189,21 @@ class LineTcpProtocol(asyncio.Protocol):
         connections: set[asyncio.Transport],
         limit: ConnectionLimit | None = None,
     ) -> None:
+        super().__init__(connections, limit)
         self._framing = framing
         self._units = units
         self._stats = stats
-        self._connections = connections
-        self._limit = limit
-        self._transport: asyncio.Transport | None = None
         self._line: LineServer | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        if self._limit is not None and not self._limit.admit(self._connections):
-            transport.close()
-            return
-        self._transport = transport
-        self._connections.add(transport)
+    def _opened(self, transport: asyncio.Transport) -> None:
         self._line = LineServer(
             self._framing, self._units, self._stats, transport.write, drop=transport.close
         )
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _closed(self) -> None:
         if self._line is not None:
             self._line.close()
             self._line = None
-        if self._transport is not None:
-            self._connections.discard(self._transport)
-            self._transport = None
 
     def data_received(self, data: bytes) -> None:
         if self._line is not None:
