@@ -1,8 +1,11 @@
-"""What every bus and device has, whatever its driver. Drivers subclass these."""
+"""What every bus and device has, whatever its driver. Drivers subclass these.
+
+Also the field types of serial lines and TCP endpoints, so the drivers and the simulator
+(``config.sim``) validate a baudrate or a port the same way."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Final, Literal
 
 from pydantic import Field
 
@@ -58,3 +61,79 @@ class DeviceBase(StrictModel):
     @property
     def asset_name(self) -> str:
         return self.asset or self.name
+
+
+# -- serial lines ----------------------------------------------------------------------------
+# The constraints of line settings, shared by every model that describes a serial line (the
+# drivers' buses, the simulator's devices and instruments). Defaults and descriptions stay with
+# each model: they differ on purpose (Modbus RTU defaults to even parity, a plain instrument
+# line to 8N1).
+
+#: Line speed in bit/s, from the slowest teleprinter line to fast USB adapters.
+Baudrate = Annotated[int, Field(ge=50, le=4_000_000)]
+#: Stop bits after each character.
+StopBits = Literal[1, 2]
+#: Parity a Modbus serial line may use (the spec allows no mark or space parity).
+ModbusParity = Literal["N", "E", "O"]
+#: Any parity a UART offers: none, even, odd, mark, space.
+SerialParity = Literal["N", "E", "O", "M", "S"]
+#: Data bits of a Modbus serial line: 8 for RTU, 7 or 8 for ASCII; None takes the default.
+ModbusDataBits = Literal[7, 8] | None
+#: Data bits a UART offers.
+SerialDataBits = Literal[5, 6, 7, 8]
+
+#: The RTU inter-frame silence is 3.5 character times, fixed at 1.75 ms above this speed.
+_RTU_FIXED_GAP_ABOVE: Final = 19200
+_RTU_FIXED_GAP: Final = 0.00175
+
+
+class ModbusLineTiming:
+    """Timing of a Modbus serial line (rtu or ascii), for any model with the fields
+    ``transport``, ``baudrate``, ``parity``, ``stopbits`` and ``bytesize``: the agent's
+    Modbus bus and the simulator's Modbus device time the same line the same way."""
+
+    if TYPE_CHECKING:
+        transport: str
+        baudrate: int
+        parity: str
+        stopbits: int
+        bytesize: int | None
+
+    def _check_rtu_data_bits(self) -> None:
+        if self.transport == "rtu" and self.bytesize == 7:
+            raise ValueError("@bytesize: RTU needs 8 data bits (7 is for ASCII)")
+
+    @property
+    def data_bits(self) -> int:
+        """Data bits per character: ``bytesize``, or its transport's default (7 for ASCII,
+        8 for RTU)."""
+        if self.bytesize is not None:
+            return self.bytesize
+        return 7 if self.transport == "ascii" else 8
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the serial line (start, data, parity, stop bits)."""
+        bits = 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def frame_gap(self) -> float:
+        """Silence the Modbus RTU spec requires between frames: 3.5 character times, fixed at
+        1.75 ms above 19200 bit/s. Zero for every other transport."""
+        if self.transport != "rtu":
+            return 0.0
+        return _RTU_FIXED_GAP if self.baudrate > _RTU_FIXED_GAP_ABOVE else 3.5 * self.char_time
+
+
+# -- TCP endpoints -----------------------------------------------------------------------------
+
+#: A TCP port an agent connects to (0 is not a port one can connect to).
+TcpPort = Annotated[int, Field(ge=1, le=65535)]
+#: Seconds to wait for a TCP connection to a device or gateway to open.
+ConnectTimeout = Annotated[float, Field(gt=0, le=60)]
+
+
+def host_port(host: str, port: int | None) -> str:
+    """``host:port`` for messages, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, model_validator
 
 from config.base import Ident, StrictModel
+from config.device import Baudrate, ModbusDataBits, ModbusLineTiming, ModbusParity, StopBits
 from config.errors import ConfigError, Problem
 from config.loader import read_document, substitute_env, validate
 from drivers.modbus.codec import CodecError, RegisterType, WordOrder, encode, register_count
@@ -450,7 +451,7 @@ class SimIdentity(StrictModel):
         }
 
 
-class SimDevice(StrictModel):
+class SimDevice(ModbusLineTiming, StrictModel):
     """One simulated device: a unit id on a TCP listener or a serial line, with its own
     register map."""
 
@@ -483,17 +484,15 @@ class SimDevice(StrictModel):
         ),
     )
     unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit id the device answers.")
-    baudrate: int = Field(
+    baudrate: Baudrate = Field(
         default=19200,
-        ge=50,
-        le=4_000_000,
         description="Serial line speed (rtu, ascii); only sets timing (see emulate_timing).",
     )
-    parity: Literal["N", "E", "O"] = Field(
+    parity: ModbusParity = Field(
         default="E", description="Serial parity (rtu, ascii); counts in the character time."
     )
-    stopbits: Literal[1, 2] = Field(default=1, description="Serial stop bits (rtu, ascii).")
-    bytesize: Literal[7, 8] | None = Field(
+    stopbits: StopBits = Field(default=1, description="Serial stop bits (rtu, ascii).")
+    bytesize: ModbusDataBits = Field(
         default=None, description="Serial data bits (rtu, ascii): default 8 for RTU, 7 for ASCII."
     )
     emulate_timing: bool = Field(
@@ -574,8 +573,7 @@ class SimDevice(StrictModel):
                     else "only serial devices (transport rtu or ascii) have it"
                 )
                 raise ValueError(f"@{name}: not for transport {self.transport}: {where}")
-        if self.transport == "rtu" and self.bytesize == 7:
-            raise ValueError("@bytesize: RTU needs 8 data bits (7 is for ASCII)")
+        self._check_rtu_data_bits()
         if serial and self.unit_id == 0:
             raise ValueError("@unit_id: 0 is the broadcast address on a serial line; use 1..247")
         for index, fault in enumerate(self.faults):
@@ -594,26 +592,6 @@ class SimDevice(StrictModel):
     @property
     def is_serial(self) -> bool:
         return self.transport in SERIAL_TRANSPORTS
-
-    @property
-    def data_bits(self) -> int:
-        if self.bytesize is not None:
-            return self.bytesize
-        return 7 if self.transport == "ascii" else 8
-
-    @property
-    def char_time(self) -> float:
-        """Seconds one character takes on the serial line."""
-        bits = 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
-
-    @property
-    def frame_gap(self) -> float:
-        """The RTU inter-frame silence (3.5 characters; 1.75 ms above 19200 bit/s); 0 for
-        every other transport."""
-        if self.transport != "rtu":
-            return 0.0
-        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time
 
     def line_settings(self) -> tuple[Any, ...]:
         """What devices sharing one listener or line must agree on."""
@@ -792,10 +770,8 @@ class SimInstrument(StrictModel):
     reply_delay: Real = Field(
         default=0.0, ge=0, le=60, description="Command: seconds before a reply starts."
     )
-    baudrate: int = Field(
+    baudrate: Baudrate = Field(
         default=9600,
-        ge=50,
-        le=4_000_000,
         description="Line speed; only sets timing (10 bits a character, see emulate_timing).",
     )
     emulate_timing: bool = Field(

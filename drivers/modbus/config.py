@@ -18,7 +18,19 @@ from pydantic import (
     model_validator,
 )
 
-from config.device import BusBase, DeviceBase, PointBase
+from config.device import (
+    Baudrate,
+    BusBase,
+    ConnectTimeout,
+    DeviceBase,
+    ModbusDataBits,
+    ModbusLineTiming,
+    ModbusParity,
+    PointBase,
+    StopBits,
+    TcpPort,
+    host_port,
+)
 from drivers.modbus.address import (
     BIT_TABLES,
     AddressBase,
@@ -35,7 +47,7 @@ _SERIAL_FIELDS: Final = ("serial_port", "baudrate", "parity", "stopbits", "bytes
 _TCP_FIELDS: Final = ("host", "port", "connect_timeout")
 
 
-class ModbusBus(BusBase):
+class ModbusBus(ModbusLineTiming, BusBase):
     driver: Literal["modbus"] = Field(description="`modbus` for this driver.")
     transport: Transport = Field(
         default="tcp",
@@ -48,25 +60,21 @@ class ModbusBus(BusBase):
         default=None,
         description="Host name or address of the device or gateway (tcp and rtu-over-tcp only).",
     )
-    port: int = Field(
-        default=502, ge=1, le=65535, description="TCP port (tcp and rtu-over-tcp only)."
-    )
+    port: TcpPort = Field(default=502, description="TCP port (tcp and rtu-over-tcp only).")
     serial_port: str | None = Field(
         default=None,
         description="Serial device path, e.g. `/dev/ttyUSB0` (rtu and ascii only).",
     )
-    baudrate: int = Field(
+    baudrate: Baudrate = Field(
         default=19200,
-        ge=50,
-        le=4_000_000,
         description="Serial line speed in bit/s (rtu and ascii only); sets the RTU frame gap.",
     )
-    parity: Literal["N", "E", "O"] = Field(
+    parity: ModbusParity = Field(
         default="E",
         description="Serial parity: `N` none, `E` even (the Modbus default), `O` odd.",
     )
-    stopbits: Literal[1, 2] = Field(default=1, description="Serial stop bits, 1 or 2.")
-    bytesize: Literal[7, 8] | None = Field(
+    stopbits: StopBits = Field(default=1, description="Serial stop bits, 1 or 2.")
+    bytesize: ModbusDataBits = Field(
         default=None,
         description="Serial data bits: 8 for RTU (required), 7 or 8 for ASCII (default 7).",
     )
@@ -79,8 +87,8 @@ class ModbusBus(BusBase):
             "the time the answer takes on the wire."
         ),
     )
-    connect_timeout: float = Field(
-        default=3.0, gt=0, le=60, description="Seconds to wait for the TCP connection to open."
+    connect_timeout: ConnectTimeout = Field(
+        default=3.0, description="Seconds to wait for the TCP connection to open."
     )
 
     @model_validator(mode="after")
@@ -101,8 +109,7 @@ class ModbusBus(BusBase):
                         "the device goes in `serial_port` (for a TCP serial server use "
                         "transport rtu-over-tcp)"
                     )
-            if self.transport == "rtu" and self.bytesize == 7:
-                raise ValueError("@bytesize: RTU needs 8 data bits (7 is for ASCII)")
+            self._check_rtu_data_bits()
         else:
             if self.host is None:
                 raise ValueError(
@@ -118,33 +125,11 @@ class ModbusBus(BusBase):
         return self
 
     @property
-    def data_bits(self) -> int:
-        """Data bits per character: ``bytesize``, or its transport's default."""
-        if self.bytesize is not None:
-            return self.bytesize
-        return 7 if self.transport == "ascii" else 8
-
-    @property
-    def char_time(self) -> float:
-        """Seconds one character takes on the serial line (start, data, parity, stop bits)."""
-        bits = 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
-
-    @property
-    def frame_gap(self) -> float:
-        """Silence the Modbus RTU spec requires between frames: 3.5 character times, fixed at
-        1.75 ms above 19200 bit/s. Zero for every other transport."""
-        if self.transport != "rtu":
-            return 0.0
-        return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time
-
-    @property
     def endpoint(self) -> str:
         """Where the bus is, for messages: ``host:port`` or the serial device."""
         if self.transport in SERIAL_TRANSPORTS:
             return str(self.serial_port)
-        host = str(self.host)
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host_port(str(self.host), self.port)
 
 
 #: The address base of the device whose points are being validated (see ModbusDevice).

@@ -17,7 +17,18 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from config.base import StrictModel
-from config.device import BusBase, DeviceBase, PointBase
+from config.device import (
+    Baudrate,
+    BusBase,
+    ConnectTimeout,
+    DeviceBase,
+    PointBase,
+    SerialDataBits,
+    SerialParity,
+    StopBits,
+    TcpPort,
+    host_port,
+)
 from drivers.serial.checksum import ChecksumFormat, ChecksumName
 
 _SERIAL_FIELDS: Final[tuple[str, ...]] = (
@@ -48,22 +59,22 @@ class SerialBus(BusBase):
             "opened again by this path after every loss, so a re-pointed symlink is followed."
         ),
     )
-    baudrate: int = Field(default=9600, ge=50, le=4_000_000, description="Line speed in bit/s.")
-    parity: Literal["N", "E", "O", "M", "S"] = Field(
+    baudrate: Baudrate = Field(default=9600, description="Line speed in bit/s.")
+    parity: SerialParity = Field(
         default="N", description="Parity: `N` none, `E` even, `O` odd, `M` mark, `S` space."
     )
-    stopbits: Literal[1, 2] = Field(default=1, description="Stop bits: 1 or 2.")
-    bytesize: Literal[5, 6, 7, 8] = Field(default=8, description="Data bits per character.")
+    stopbits: StopBits = Field(default=1, description="Stop bits: 1 or 2.")
+    bytesize: SerialDataBits = Field(default=8, description="Data bits per character.")
     rtscts: bool = Field(default=False, description="Hardware flow control (RTS/CTS).")
     xonxoff: bool = Field(default=False, description="Software flow control (XON/XOFF).")
     host: str | None = Field(
         default=None, description="Host name or address of the serial device server (tcp)."
     )
-    port: int | None = Field(
-        default=None, ge=1, le=65535, description="TCP port of the serial device server (tcp)."
+    port: TcpPort | None = Field(
+        default=None, description="TCP port of the serial device server (tcp)."
     )
-    connect_timeout: float = Field(
-        default=3.0, gt=0, le=60, description="Seconds to wait for the TCP connection (tcp)."
+    connect_timeout: ConnectTimeout = Field(
+        default=3.0, description="Seconds to wait for the TCP connection (tcp)."
     )
     timeout: float = Field(
         default=1.0,
@@ -108,8 +119,7 @@ class SerialBus(BusBase):
     def endpoint(self) -> str:
         if self.transport == "serial":
             return str(self.serial_port)
-        host = str(self.host)
-        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        return host_port(str(self.host), self.port)
 
 
 # -- framing ---------------------------------------------------------------------------------
