@@ -86,7 +86,15 @@ class PublishSection(StrictModel):
         default=2000, ge=1, le=100_000, description="Most readings packed into one MQTT message."
     )
     max_delay: float = Field(
-        default=0.2, gt=0, le=60, description="Seconds a reading may wait for its batch to fill."
+        default=1.0,
+        gt=0,
+        le=60,
+        description=(
+            "Seconds a reading may wait for its batch to fill. Every batch is a spool commit, "
+            "an MQTT message and a confirmation: at low rates (a batch not filled by "
+            "max_batch) a longer wait costs less CPU, at the price of latency and of what a "
+            "crash of the agent loses before it is spooled (this many seconds' worth)."
+        ),
     )
     queue_size: int = Field(
         default=200_000,

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from config.edge import EdgeConfig
 from edge.mqtt import AgentSession, NotDelivered
-from edge.spool import Dropped, Entry, Gap, Spool
+from edge.spool import Dropped, Entry, Gap, Spool, SpoolError
 from fieldlink import __version__
 from wire.codec import PayloadError, decode_confirm, encode_groups
 from wire.model import Group, PointEntry
@@ -53,6 +53,9 @@ LIVE_WINDOW = 64
 #: Seconds between two checks of the spool's caps while nothing is appended (they are also
 #: applied in every append), and between two warnings about cap drops.
 CAPS_INTERVAL = 5.0
+#: Longest the sender sleeps without a reason to wake (a safety net: every event that can
+#: make something sendable wakes it, and it sleeps until the next republish is due).
+SENDER_IDLE_S = 1.0
 
 
 @dataclass
@@ -101,6 +104,18 @@ class Publisher:
         self._sent_at: dict[int, float] = {}
         #: Confirmed seqs whose deletion from the spool is still under way.
         self._confirming: set[int] = set()
+        #: Confirmed ranges not yet deleted from the spool, and when the oldest arrived: they
+        #: ride along with the next append (one spool-thread call), or go alone after
+        #: ``max_delay`` when nothing is buffered.
+        self._to_confirm: list[tuple[int, int]] = []
+        self._confirms_since: float | None = None
+        #: Whether the spool may hold messages the sender does not track (left by an earlier
+        #: run, pushed out of the live window, refused and forgiven, or a failed confirm):
+        #: only then, or when a republish is due, is the spool asked for its backlog.
+        self._untracked = True
+        #: No tracked message is due for a republish before this (monotonic) time; an early
+        #: bound (confirms only make it later), made exact by every backlog query.
+        self._next_due_at = float("inf")
         #: Causes of not-delivered publishes logged since the last delivery (PUBACK code,
         #: None for a lost connection): each is logged once until a message is delivered.
         self._refusals_logged: set[int | None] = set()
@@ -229,21 +244,55 @@ class Publisher:
     # --- batching into the spool --------------------------------------------------------------
 
     async def _batcher(self) -> None:
+        """Commit batches and confirmations to the spool: whatever one wakeup has for the
+        spool goes in one call to its thread (an append and the confirmed deletions that
+        arrived since the last one), so the quiet path costs one thread hop per batch."""
         assert self._spool is not None
         spool = self._spool
         while True:
             await self._wait_for_batch()
             batch, count = self._take_batch()
-            if not batch:
+            confirms, self._to_confirm = _coalesce(self._to_confirm), []
+            self._confirms_since = None
+            if not batch and not confirms:
                 continue
-            entry, dropped = await self._in_spool_thread(
-                functools.partial(self._append, spool, batch, count)
+            deleted, appended = await self._in_spool_thread(
+                functools.partial(self._spool_round, spool, batch, count, confirms)
             )
+            if confirms:
+                self._confirmed(confirms, deleted)
+            if appended is None:
+                continue
+            entry, dropped = appended
             if dropped is not None:
                 self._note_drop(dropped)
             if dropped is None or entry.seq > dropped.last_seq:
+                if len(self._fresh) == LIVE_WINDOW:
+                    # The oldest fresh entry falls out of memory: the backlog has it.
+                    self._untracked = True
                 self._fresh.append(entry)
             self._send_wakeup.set()
+
+    def _spool_round(
+        self, spool: Spool, batch: list[Group], count: int, confirms: list[tuple[int, int]]
+    ) -> tuple[int | None, tuple[Entry, Dropped | None] | None]:
+        """In the spool thread: delete the confirmed ranges (one transaction; before the
+        append, so its caps count the room they free), then append the batch (another).
+        Returns the entries deleted (``None``: the deletion failed, they stay spooled and
+        are published again) and the append's result (``None`` without a batch)."""
+        deleted: int | None = 0
+        if confirms:
+            try:
+                deleted = spool.confirm(confirms)
+            except SpoolError as exc:
+                log.warning(
+                    "could not delete confirmed messages from the spool (%s); they "
+                    "stay spooled and are published again",
+                    exc,
+                )
+                deleted = None
+        appended = self._append(spool, batch, count) if batch else None
+        return deleted, appended
 
     def _append(self, spool: Spool, batch: list[Group], count: int) -> tuple[Entry, Dropped | None]:
         """In the spool thread: add the records of the spool's unreported gaps when a report
@@ -285,12 +334,20 @@ class Publisher:
         return batch, taken
 
     async def _wait_for_batch(self) -> None:
+        """Until a batch is full, or the oldest buffered reading waited ``max_delay``, or
+        (nothing buffered) the oldest confirmation did (when flushing: until anything is
+        buffered or confirmed)."""
         while True:
-            if self._buffered >= self._cfg.max_batch or (self._flushing and self._buffer):
+            if self._buffered >= self._cfg.max_batch:
                 return
+            if self._flushing and (self._buffer or self._to_confirm):
+                return
+            # Confirmations wait for the next append while one is coming (readings are
+            # buffered: within max_delay), else max_delay on their own.
+            since = self._oldest_at if self._buffer else self._confirms_since
             remaining: float | None = None
-            if self._buffer and self._oldest_at is not None:
-                remaining = self._oldest_at + self._cfg.max_delay - self._clock()
+            if since is not None:
+                remaining = since + self._cfg.max_delay - self._clock()
                 if remaining <= 0:
                     return
             self._batch_wakeup.clear()
@@ -317,23 +374,44 @@ class Publisher:
                 self._send(entry)
                 free -= 1
                 sent += 1
-            if free > 0 and self._backlog_allowance() > 0:
-                for entry in await self._due_backlog(free):
+            backlog = self._untracked or self._clock() >= self._next_due_at
+            if free > 0 and backlog and self._backlog_allowance() > 0:
+                # Cleared before the query: whatever becomes untracked meanwhile sets it again.
+                self._untracked = False
+                due = await self._due_backlog(free)
+                for entry in due:
                     if self._backlog_allowance() <= 0:
+                        # Not all sent: what is left is still to be asked for.
+                        self._untracked = True
                         break
                     self._backlog_tokens -= entry.readings
                     if entry.seq in self._sent_at:
                         self.stats.republished += 1
                     self._send(entry)
                     sent += 1
+                if len(due) >= free:
+                    self._untracked = True  # the query was cut at the window: maybe more
             if sent == 0:
                 self._send_wakeup.clear()
-                # Wake for new fresh entries, freed slots, or to look at the backlog again.
+                # Wake for new fresh entries, freed slots, confirmations, or when the next
+                # republish is due (no polling of the spool while nothing can be due).
                 try:
-                    async with asyncio.timeout(0.2):
+                    async with asyncio.timeout(self._sender_sleep()):
                         await self._send_wakeup.wait()
                 except TimeoutError:
                     pass
+
+    def _sender_sleep(self) -> float:
+        """How long the sender may sleep when nothing was sent: until the next republish
+        is due, or (backlog waiting for tokens) until the backlog rate allows one more."""
+        if self._untracked or self._clock() >= self._next_due_at:
+            tokens = self._backlog_allowance()
+            if tokens <= 0:
+                wait = -tokens / self._spool_cfg.backlog_rate
+                return min(max(wait, 0.01), SENDER_IDLE_S)
+            # Waiting for a free slot: a PUBACK wakes the sender.
+            return SENDER_IDLE_S
+        return min(max(self._next_due_at - self._clock(), 0.0), SENDER_IDLE_S)
 
     def _backlog_allowance(self) -> float:
         now = self._clock()
@@ -344,24 +422,43 @@ class Publisher:
         self._backlog_refill_at = now
         return self._backlog_tokens
 
+    def _due_after(self, seq: int) -> float:
+        """Seconds after its last publish at which ``seq`` is due again. A message waits
+        confirm_timeout after its first publish, then twice as long after each republish
+        (capped at 8×): a cloud that is down for long is not flooded with copies, and one
+        that is back gets each message again within a bounded time."""
+        attempts = self._attempts.get(seq, 1)
+        return self._spool_cfg.confirm_timeout * min(1 << max(attempts - 1, 0), 8)
+
     async def _due_backlog(self, limit: int) -> list[Entry]:
         """Spooled messages that are neither in flight, nor fresh, nor published recently."""
         assert self._spool is not None
         now = self._clock()
-        timeout = self._spool_cfg.confirm_timeout
         exclude = set(self._inflight) | self._confirming
         exclude.update(e.seq for e in self._fresh)
-        # A message waits confirm_timeout after its first publish, then twice as long after
-        # each republish (capped at 8×): a cloud that is down for long is not flooded with
-        # copies, and one that is back gets each message again within a bounded time.
-        attempts = self._attempts
-        exclude.update(
-            seq
-            for seq, at in self._sent_at.items()
-            if now - at < timeout * min(2 ** (attempts.get(seq, 1) - 1), 8)
-        )
+        due_tracked: set[int] = set()
+        next_due = float("inf")
+        for seq, at in self._sent_at.items():
+            due_at = at + self._due_after(seq)
+            if now < due_at:
+                exclude.add(seq)
+                next_due = min(next_due, due_at)
+            elif seq not in exclude:
+                due_tracked.add(seq)
+        # Exact now; publishes made while the query runs lower it again.
+        self._next_due_at = next_due
         spool = self._spool
-        return await self._in_spool_thread(functools.partial(spool.pending, limit, exclude=exclude))
+        entries = await self._in_spool_thread(
+            functools.partial(spool.pending, limit, exclude=exclude)
+        )
+        if len(entries) < limit:
+            # The query saw every spooled seq it did not exclude: a due seq it did not
+            # return has left the spool (confirmed while in flight, or dropped), and would
+            # otherwise look due, and wake this query, for ever.
+            for seq in due_tracked.difference(e.seq for e in entries):
+                self._sent_at.pop(seq, None)
+                self._attempts.pop(seq, None)
+        return entries
 
     def _send(self, entry: Entry) -> None:
         assert self._session is not None
@@ -373,19 +470,20 @@ class Publisher:
         self._inflight.discard(entry.seq)
         self._send_wakeup.set()
         error = future.exception() if not future.cancelled() else NotDelivered("cancelled")
+        now = self._clock()
+        self._sent_at[entry.seq] = now
+        self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
+        self._next_due_at = min(self._next_due_at, now + self._due_after(entry.seq))
         if error is None:
-            self._sent_at[entry.seq] = self._clock()
-            self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
             self.stats.messages += 1
             self.stats.readings += entry.readings
             if self._refused or self._refusals_logged:
                 self._accepted_again()
             return
         self.stats.not_delivered += 1
-        # Counted as an attempt: it is due again after the (growing) confirm timeout, not at
-        # once — a broker that refuses (no subscribers, not authorised) is not hammered.
-        self._sent_at[entry.seq] = self._clock()
-        self._attempts[entry.seq] = self._attempts.get(entry.seq, 0) + 1
+        # Counted as an attempt (above): it is due again after the (growing) confirm
+        # timeout, not at once — a broker that refuses (no subscribers, not authorised) is
+        # not hammered.
         code = error.code if isinstance(error, NotDelivered) else None
         if code is not None:
             self.stats.refused[code] = self.stats.refused.get(code, 0) + 1
@@ -406,6 +504,9 @@ class Publisher:
         refused = len(self._refused)
         for seq in self._refused:
             self._sent_at.pop(seq, None)
+        if refused:
+            self._untracked = True
+            self._send_wakeup.set()
         self._refused.clear()
         self._refusals_logged.clear()
         if refused:
@@ -430,12 +531,20 @@ class Publisher:
                 self._attempts.pop(seq, None)
                 # Until the spool thread deleted it, the backlog query could still return it.
                 self._confirming.add(seq)
-        asyncio.get_running_loop().create_task(self._confirm(ranges))
+        # Deleted with the next append (the batcher's next spool call): within max_delay
+        # while readings are buffered, else max_delay from now.
+        if not self._to_confirm:
+            self._confirms_since = self._clock()
+            self._batch_wakeup.set()
+        self._to_confirm.extend(ranges)
 
-    async def _confirm(self, ranges: list[tuple[int, int]]) -> None:
-        assert self._spool is not None
-        deleted = await self._in_spool_thread(self._spool.confirm, ranges)
-        self.stats.confirmed += deleted
+    def _confirmed(self, ranges: list[tuple[int, int]], deleted: int | None) -> None:
+        """After the spool thread deleted ``ranges`` (``deleted`` entries; ``None``: the
+        deletion failed and they stay spooled, to be published again)."""
+        if deleted is None:
+            self._untracked = True
+        else:
+            self.stats.confirmed += deleted
         for first, last in ranges:
             self._confirming.difference_update([s for s in self._confirming if first <= s <= last])
 
@@ -523,6 +632,19 @@ class Publisher:
             at = gap.from_ns if gap.from_ns is not None else gap.noted_ns
             records.append(Group(self._agent, self._agent, at or time.time_ns(), points))
         return records
+
+
+def _coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Confirmed ranges merged where they overlap or touch (one confirmation per message
+    is one range per message: a round's deletions become one statement per run of seqs)."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
 
 
 class BrokerUnreachable(Exception):
