@@ -4,7 +4,7 @@ in InfluxDB, over the whole path, at a steady rate (default 100 devices × 100 p
 
 fieldlink: the device farm (``bench/farm.py``, the real simulator) → ``fieldlink edge run`` →
 Mosquitto → ``fieldlink cloud run`` → InfluxDB 1.x, every part at its shipped defaults (agent:
-batches of 2,000 readings or 1 s (its default max_delay); ingester: 5,000 points or 0.5 s, acknowledged after the
+batches of 2,000 readings or 1 s; ingester: 5,000 points or 0.5 s, acknowledged after the
 write). naive: the same farm → ``bench/baseline/naive_edge.py`` (one message per device poll)
 → Mosquitto → ``bench/baseline/naive_ingest.py`` → InfluxDB. Each system gets a fresh
 Mosquitto and InfluxDB; the farm is shared.
