@@ -43,6 +43,7 @@ class MqttSection(BrokerSection):
     session_expiry: int = Field(
         default=86_400,
         ge=0,
+        le=0xFFFFFFFF,  # a four-byte integer in MQTT 5's CONNECT; the largest means "never"
         description="Seconds the broker keeps the agent's session while it is disconnected.",
     )
     max_inflight: int = Field(
