@@ -145,7 +145,11 @@ class MessageEncoder:
             return None
         if lines is None:
             return None
-        return Checked(site=source.site, agent=source.agent, lines=lines, seq=seq, epoch=epoch)
+        agent = source.agent
+        ordered = any(g.get("device") == agent for g in groups)
+        return Checked(
+            site=source.site, agent=agent, lines=lines, seq=seq, epoch=epoch, ordered=ordered
+        )
 
     def _lines(
         self, source: _Source, groups: list[Any], seq: int | None, now_ns: int

@@ -75,6 +75,8 @@ class _Batch:
     deadline: float | None = None
     #: (site, agent, epoch) → sequence numbers to confirm once the batch is written.
     confirm: dict[tuple[str, str, str | None], list[int]] = field(default_factory=dict)
+    #: Holds records a later message may rewrite (see ``Checked.ordered``).
+    ordered: bool = False
 
 
 @dataclass
@@ -231,6 +233,11 @@ class Ingester:
                     # At most writes_in_flight writes: wait for the oldest to be finished.
                     while batch.lines and not idle:
                         await self._finish_written(writing, link, idle, wait=True)
+                    # Concurrent writes interleave in InfluxDB series by series: a record
+                    # that rewrites an earlier version (a merged gap report) waits until
+                    # every earlier write is done, so the newest version lands last.
+                    while batch.ordered and any(w.task is not None for w in writing):
+                        await self._finish_written(writing, link, idle, wait=True)
                     writing.append(self._hand_over(batch, idle, stop))
                     batch = _Batch()
                 if now >= next_summary:
@@ -244,6 +251,8 @@ class Ingester:
                 getter = None
             if batch.messages:
                 while batch.lines and not idle:
+                    await self._finish_written(writing, link, idle, wait=True)
+                while batch.ordered and any(w.task is not None for w in writing):
                     await self._finish_written(writing, link, idle, wait=True)
                 writing.append(self._hand_over(batch, idle, stop))
             while writing:
@@ -334,6 +343,7 @@ class Ingester:
             batch.deadline = time.monotonic() + self.config.batch.max_delay
         batch.lines.extend(checked.lines)
         batch.messages.append(message)
+        batch.ordered = batch.ordered or checked.ordered
         if checked.seq is not None:
             key = (checked.site, checked.agent, checked.epoch)
             batch.confirm.setdefault(key, []).append(checked.seq)

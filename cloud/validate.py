@@ -67,6 +67,10 @@ class Checked:
     lines: list[str]
     seq: int | None = None
     epoch: str | None = None
+    #: Carries the agent's own records (device = agent id: spool gap reports), which a later
+    #: message may rewrite at the same series and time; written with no other write in flight
+    #: so the newer version always lands last.
+    ordered: bool = False
 
 
 def check_message(
@@ -115,7 +119,10 @@ def check_message(
         lines = group_lines(measurement, site, agent, batch.groups, batch.seq)
     except LineProtocolError as exc:
         raise InvalidMessageError(InvalidKind.UNWRITABLE, str(exc), source) from exc
-    return Checked(site=site, agent=agent, lines=lines, seq=batch.seq, epoch=batch.epoch)
+    ordered = any(g.device == agent for g in batch.groups)
+    return Checked(
+        site=site, agent=agent, lines=lines, seq=batch.seq, epoch=batch.epoch, ordered=ordered
+    )
 
 
 def _lenient_identity(payload: bytes) -> tuple[str | None, int | None]:

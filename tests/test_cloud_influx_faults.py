@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from faultproxy import FaultProxy
 from helpers import InfluxDatabase, async_wait_for
-from test_cloud_ingester import Publisher, Watcher, count, make_config, now_ns, running
+from test_cloud_ingester import Publisher, Watcher, count, make_config, now_ns, running, select
 
 from cloud.ingester import Ingester
 from fieldlink.localstack import InfluxDB1, Mosquitto
@@ -234,3 +234,61 @@ async def test_a_second_write_goes_out_while_the_first_is_held_yet_confirms_stay
         confirms.close()
     ranges = [decode_confirm(payload)[1] for _, payload in confirms.messages]
     assert ranges == [[(1, 1)], [(2, 2)]]
+
+
+async def test_a_rewritten_gap_record_waits_for_the_earlier_version_so_the_newest_lands_last(
+    mosquitto: Mosquitto,
+    influx_db: InfluxDatabase,
+    proxy: FaultProxy,
+    publisher: Publisher,
+    unique_id: str,
+) -> None:
+    """An agent's gap report can be sent again with larger counts at the same series and
+    time (docs/delivery.md). Two concurrent writes interleave in InfluxDB, so the message
+    carrying the newer version must not be written while the older one is in flight: with
+    the first write held, the newer count is stored only after it, and it is what remains."""
+    held, release = threading.Event(), threading.Event()
+    writes = itertools.count()
+
+    def hold_first(method: str, path: str, body: bytes) -> tuple[int, dict[str, str], bytes] | None:
+        if path.startswith("/write") and next(writes) == 0:
+            held.set()
+            release.wait(30)
+        return None
+
+    proxy.fault = hold_first
+    influx = {"api": "v1", "url": proxy.url, "database": influx_db.name}
+    batch = {"max_points": 1, "max_delay": 0.05}  # one message, one batch
+    ingester = Ingester(make_config(mosquitto, influx, unique_id, batch=batch))
+    topic = data_topic("plant-a", "gw-01", root=unique_id)
+    t = now_ns()
+
+    def report(dropped: int, seq: int) -> bytes:
+        own = Reading("gw-01", "gw-01", "spool_dropped_readings", t, dropped)
+        return encode_batch("plant-a", "gw-01", [own], seq=seq)
+
+    def stored() -> list[object]:
+        series = select(
+            influx_db.service,
+            influx_db.name,
+            "SELECT value FROM readings WHERE point = 'spool_dropped_readings'",
+        )
+        return [row[1] for row in series[0]["values"]] if series else []
+
+    try:
+        async with running(ingester):
+            await asyncio.to_thread(publisher.publish, topic, report(600, seq=1))
+            await async_wait_for(held.is_set, message="the first version's write held")
+            await asyncio.to_thread(publisher.publish, topic, report(9609, seq=2))
+            await async_wait_for(
+                lambda: ingester.counters.messages_received == 2,
+                message="the newer version taken by the ingester",
+            )
+            assert stored() == [], "the newer version was written while the older was in flight"
+            release.set()
+            await async_wait_for(
+                lambda: stored() == [9609], message="the newer version stored last"
+            )
+    finally:
+        release.set()
+    assert stored() == [9609]
