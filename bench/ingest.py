@@ -60,6 +60,8 @@ from bench.ingest_stack import (
     workspace,
 )
 from bench.measure import ProcessSample, cpu_seconds, group_cpu_seconds
+from bench.pinning import label as pin_label
+from bench.pinning import parse_cpus, rest_of
 from bench.profile import py_spy, summarise
 from bench.report import Row, append_results, new_run_id, print_table
 
@@ -153,6 +155,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--workdir", type=Path, help="keep configs, logs and data here (default: a temp dir)"
     )
     parser.add_argument(
+        "--influxd-cpus",
+        metavar="CPUS",
+        help="pin influxd to these CPUs (e.g. 0) and every other process of the run to the "
+        "rest, in every measurement: InfluxDB on cores of its own, as on a host of its own "
+        "(bench/pinning.py; default: no pinning)",
+    )
+    parser.add_argument(
+        "--fieldlink-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="lay this over fieldlink's shipped cloud config (VALUE read as JSON, else a "
+        "string), e.g. batch.max_points=10000; repeatable. The rows say so in their notes",
+    )
+    parser.add_argument(
         "--py-spy",
         type=Path,
         metavar="DIR",
@@ -225,8 +242,11 @@ class Load:
         self._log.close()
 
 
-def _last(done: dict[str, Any]) -> LastMessage:
-    return LastMessage(**done["last"])
+def _last(done: dict[str, Any], consumers: int = 1) -> list[LastMessage]:
+    """The last message published, or with ``consumers`` in a shared group the last that many
+    (the broker deals messages out in turn, so each member's share ends with one of them)."""
+    tail = [LastMessage(**m) for m in done.get("tail") or [done["last"]]]
+    return tail[-consumers:]
 
 
 @dataclass
@@ -243,7 +263,7 @@ class Landing:
 def _watch(
     consumers: list[Child],
     reader: InfluxReader,
-    last: LastMessage,
+    lasts: list[LastMessage],
     published: int,
     samples: list[ProcessSample],
     host: HostLoad,
@@ -254,16 +274,20 @@ def _watch(
     deadline.
 
     Counting a million points is too heavy to repeat 20 times a second (it would slow
-    InfluxDB down), so the poll first waits for the last message's last reading (one series
-    at one time), then for that whole message, and only then counts everything until the
-    count is complete: with writes in flight concurrently, or several ingesters, the last
-    message published is not always the last one to land. The run ends when a complete
-    count comes back (so it includes at most one count query's duration).
+    InfluxDB down), so the poll first waits for the last reading of each of ``lasts`` (one
+    series at one time each: the last message, or with N ingesters in a group the last N,
+    one ending each member's share), then for those whole messages, and only then counts
+    everything until the count is complete: with writes in flight concurrently, or several
+    ingesters, the last message published is not always the last one to land. Counts are
+    spaced by four times the last one's duration (at least 0.2 s), so that a count repeated
+    while a slow member finishes takes at most a fifth of InfluxDB's time. The run ends when
+    a complete count comes back (so it includes one count query's duration).
     """
     next_rss = 0.0
     pids = [c.pid for c in consumers]
     cpu_mark, cpu_mark_at = group_cpu_seconds(pids), time.monotonic()
     last_seen = False
+    count_pause = 0.2
     while True:
         now = time.monotonic()
         if now >= next_rss:
@@ -271,11 +295,14 @@ def _watch(
                 sample.poll_rss()
             next_rss = now + 0.5
         if not last_seen:
-            last_seen = bool(reader.count(last.last_reading)) and (
-                reader.count(last.where) >= last.readings
+            last_seen = all(reader.count(m.last_reading) for m in lasts) and all(
+                reader.count(m.where) >= m.readings for m in lasts
             )
-        if last_seen and reader.count() >= published:
-            return Landing(True, time.monotonic(), samples, host)
+        if last_seen:
+            counted = time.monotonic()
+            if reader.count() >= published:
+                return Landing(True, time.monotonic(), samples, host)
+            count_pause = max(0.2, 4 * (time.monotonic() - counted))
         dead = [c.name for c in consumers if not c.alive()]
         if dead:
             return Landing(False, now, samples, host, f"{', '.join(dead)} exited")
@@ -286,7 +313,7 @@ def _watch(
             return Landing(False, now, samples, host, f"stalled: no CPU for {STALL_SECONDS:g} s")
         if now - started > deadline:
             return Landing(False, now, samples, host, f"deadline of {deadline:g} s")
-        time.sleep(0.2 if last_seen else 0.05)
+        time.sleep(count_pause if last_seen else 0.05)
 
 
 def _py_spy(
@@ -394,7 +421,7 @@ def measure_backlog(
     one shared-subscription group, each with its own persistent session primed beforehand,
     so the broker splits the backlog between their queues as it is published."""
     rundir.mkdir(parents=True, exist_ok=True)
-    with Stack(rundir / "services") as stack, children() as kids:
+    with Stack(rundir / "services", args.influx_cpus, args.overrides) as stack, children() as kids:
         if ingesters == 1:
             prime_session(stack.broker, system)
         else:
@@ -405,7 +432,7 @@ def measure_backlog(
             done = load.wait("done", timeout=args.deadline)
         finally:
             load.close()
-        published, last = int(done["readings"]), _last(done)
+        published, lasts = int(done["readings"]), _last(done, ingesters)
         idle = _wait_idle(args)
         spawned = time.monotonic()
         if ingesters == 1:
@@ -418,7 +445,7 @@ def measure_backlog(
         services0 = _service_cpu(stack)
         spy = _py_spy(args, system, consumers[0].pid, rundir.name, kids)
         reader = InfluxReader(stack.influx)
-        landing = _watch(consumers, reader, last, published, samples, host, started, args.deadline)
+        landing = _watch(consumers, reader, lasts, published, samples, host, started, args.deadline)
         _py_spy_done(spy)
         figures = _common(system, stack, landing, started, published, services0, reader)
         figures["startup_s"] = round(started - spawned, 3)
@@ -446,7 +473,7 @@ def measure_steady(
     system: str, args: argparse.Namespace, plant: Plant, rate: float, rundir: Path, workload: str
 ) -> Row:
     rundir.mkdir(parents=True, exist_ok=True)
-    with Stack(rundir / "services") as stack, children() as kids:
+    with Stack(rundir / "services", args.influx_cpus, args.overrides) as stack, children() as kids:
         prime_session(stack.broker, system)
         idle = _wait_idle(args)
         consumer, _ = start_consumer(system, stack, rundir, kids)
@@ -472,9 +499,9 @@ def measure_steady(
                         raise
         finally:
             load.close()
-        published, last = int(done["readings"]), _last(done)
+        published, lasts = int(done["readings"]), _last(done)
         landing = _watch(
-            [consumer], reader, last, published, [sample], host, started, args.deadline
+            [consumer], reader, lasts, published, [sample], host, started, args.deadline
         )
         _py_spy_done(spy)
         publisher_cpu = float(done["cpu_s"]) - float(start["cpu_s"])
@@ -513,7 +540,7 @@ def measure_direct(
     """InfluxDB alone: the backlog's lines, pre-built, POSTed by ``writers`` connections."""
     rundir.mkdir(parents=True, exist_ok=True)
     idle = _wait_idle(args)
-    with Stack(rundir / "services") as stack:
+    with Stack(rundir / "services", args.influx_cpus, args.overrides) as stack:
         influx_pid = stack.influx.pid
         argv = [
             sys.executable,
@@ -542,15 +569,20 @@ def measure_direct(
             raise BenchError(f"bench.ingest_direct failed (code {out.returncode}), see {rundir}")
         result = json.loads(out.stdout)
         reader = InfluxReader(stack.influx)
+        # Every consumer row ends with one complete count query (``_watch``); so does this
+        # one, or InfluxDB alone would be timed without what the others are timed with.
+        count_started = time.monotonic()
         stored = reader.count()
+        count_s = time.monotonic() - count_started
         reader.close()
         influx_cpu = _f(result.get("influx_cpu_s"))
         figures: dict[str, float | int | str | None] = {
             "points": int(result["points"]),
             "stored": stored,
             "missing": int(result["points"]) - stored,
-            "seconds": round(float(result["seconds"]), 3),
-            "points_per_s": round(stored / float(result["seconds"]), 1),
+            "seconds": round(float(result["seconds"]) + count_s, 3),
+            "points_per_s": round(stored / (float(result["seconds"]) + count_s), 1),
+            "count_s": round(count_s, 3),
             "influx_cpu_s_per_million": (
                 round(influx_cpu * 1e6 / stored, 3) if stored and influx_cpu is not None else None
             ),
@@ -588,12 +620,19 @@ def run(args: argparse.Namespace) -> int:
         args.deadline = min(args.deadline, 60.0)
         args.wait_idle = 0.0
     systems = _systems(args.systems)
+    influx_cpus = _pin(args)
+    args.overrides = _overrides(args.fieldlink_set)
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     ingesters = _ingesters(args.ingesters)
     plant = Plant.for_message_size(args.per_message)
     run_id = new_run_id()
     rows: list[Row] = []
     console.print(f"[bold]ingest[/bold] run {run_id}")
+    if influx_cpus is not None:
+        console.print(
+            f"influxd on CPU {pin_label(influx_cpus)}, everything else on CPU "
+            f"{pin_label(rest_of(influx_cpus))}"
+        )
     with workspace(args.workdir, "fieldlink-bench-ingest-") as work:
         for rep in range(args.repeat):
             suffix = f"-{rep + 1}" if args.repeat > 1 else ""
@@ -627,6 +666,11 @@ def run(args: argparse.Namespace) -> int:
                     _say(console, row)
     for row in rows:
         row.figures["plant"] = plant.label
+        if influx_cpus is not None:
+            _pinned_figures(row, influx_cpus)
+        if args.fieldlink_set and row.system.startswith("fieldlink"):
+            row.figures["fieldlink_set"] = " ".join(args.fieldlink_set)
+            row.notes = "; ".join(filter(None, [row.notes, " ".join(args.fieldlink_set)]))
     path = append_results(rows, run_id, args.results)
     title = f"ingest (run {run_id}, plant {plant.label}, {plant.per_message} readings/message)"
     print_table(title, rows, COLUMNS, console)
@@ -636,6 +680,57 @@ def run(args: argparse.Namespace) -> int:
     missing = sum(int(r.figures.get("missing") or 0) for r in rows)
     not_landed = [r for r in rows if r.figures.get("landed") == 0]
     return 1 if missing or not_landed else 0
+
+
+def _pin(args: argparse.Namespace) -> frozenset[int] | None:
+    """``--influxd-cpus``: move this process (and so every child it starts) off influxd's
+    CPUs; the stacks start influxd on them (``Stack.influx_cpus``)."""
+    if not args.influxd_cpus:
+        args.influx_cpus = None
+        return None
+    try:
+        cpus = parse_cpus(args.influxd_cpus)
+    except ValueError as exc:
+        raise SystemExit(f"bench ingest: --influxd-cpus: {exc}") from None
+    os.sched_setaffinity(0, rest_of(cpus))
+    args.influx_cpus = cpus
+    return cpus
+
+
+def _overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """``--fieldlink-set SECTION.KEY=VALUE`` → ``{section: {key: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for setting in settings:
+        name, eq, text = setting.partition("=")
+        section, dot, key = name.partition(".")
+        if not (eq and dot and section and key):
+            raise SystemExit(
+                f"bench ingest: --fieldlink-set {setting!r}: expected SECTION.KEY=VALUE, "
+                "e.g. batch.max_points=10000"
+            )
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _pinned_figures(row: Row, influx_cpus: frozenset[int]) -> None:
+    """With influxd pinned, the machine's limit is the smaller of what influxd's cores and
+    what the other cores (consumers, Mosquitto) could carry at this run's cost per point."""
+    f = row.figures
+    f["influxd_cpus"] = pin_label(influx_cpus)
+    row.notes = "; ".join(filter(None, [row.notes, f"influxd on CPU {pin_label(influx_cpus)}"]))
+    influx = _f(f.get("influx_cpu_s_per_million"))
+    ours = _f(f.get("cpu_s_per_million"))
+    broker_pct, rate = _f(f.get("broker_cpu_pct")), _f(f.get("points_per_s"))
+    if not influx or ours is None or broker_pct is None or not rate:
+        return
+    others = ours + broker_pct / 100 * 1e6 / rate  # CPU-s per million off influxd's cores
+    f["machine_limit_pts_s"] = round(
+        min(len(influx_cpus) * 1e6 / influx, len(rest_of(influx_cpus)) * 1e6 / others), 1
+    )
 
 
 def _say(console: Console, row: Row) -> None:
@@ -732,6 +827,17 @@ def _bound(row: Row) -> str:
     f = row.figures
     host = _f(f.get("host_cpu_pct")) or 0.0
     capacity = 100.0 * (os.cpu_count() or 1)
+    pinned = f.get("influxd_cpus")
+    if isinstance(pinned, str):
+        cores = 100.0 * len(pinned.split(","))
+        influx = _f(f.get("influx_cpu_pct")) or 0.0
+        bound = influx >= 0.9 * cores
+        where = "bound by influxd's CPUs" if bound else "not bound by influxd's CPUs"
+        return (
+            f"{where} (influxd {influx:.0f} % of {cores:.0f} % on CPU {pinned}; ingester(s) "
+            f"{f.get('cpu_pct')} %, Mosquitto {f.get('broker_cpu_pct')} %, others "
+            f"{f.get('other_cpu_pct')} % on the rest)"
+        )
     parts = (
         f"host {host:.0f} % of {capacity:.0f} %: influxd {f.get('influx_cpu_pct')} %, "
         f"ingester(s) {f.get('cpu_pct')} %, Mosquitto {f.get('broker_cpu_pct')} %, "

@@ -19,7 +19,7 @@ Run as a process (the benchmark does this)::
 
 It prints one JSON object per line on stdout: ``{"event": "start", ...}`` when the first
 message goes out, and ``{"event": "done", ...}`` (readings and messages confirmed by the
-broker, and where the last message lies) when every PUBACK is in.
+broker, where the last message lies, and the last few as `tail`) when every PUBACK is in.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -235,11 +236,19 @@ def _emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+#: How many of the last messages the ``done`` event describes (``tail``): at least the
+#: largest number of ingesters the benchmark runs in one group.
+TAIL = 8
+
+
 def run(args: argparse.Namespace) -> int:
     plant = Plant(args.agents, args.devices, args.points)
     publisher = Publisher(args.host, args.port, args.client_id)
     sent_readings = 0
     last: LastMessage | None = None
+    # The last few messages: with several consumers in a shared group, each one's share ends
+    # with one of them (the broker deals messages out in turn), so the benchmark waits for all.
+    tail: deque[LastMessage] = deque(maxlen=TAIL)
     started = time.monotonic()
     if args.rate is None:
         # A backlog: as fast as the broker takes it, stamped in the recent past.
@@ -248,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
         for topic, payload, last in backlog(plant, args.readings, base):
             publisher.publish(topic, payload)
             sent_readings += last.readings
+            tail.append(last)
     else:
         # A steady rate: message n is due at start + n × per_message / rate and is stamped
         # with that time, like an agent's sample time. Every message is built before the
@@ -277,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
                 behind += 1
             publisher.publish(data_topic(SITE, agent_id(agent)), payload)
             last = LastMessage.of(plant, agent, real_ts)
+            tail.append(last)
             sent_readings += plant.per_message
         if behind:
             print(f"publisher: {behind} message(s) went out late", file=sys.stderr)
@@ -295,6 +306,7 @@ def run(args: argparse.Namespace) -> int:
         messages=publisher.sent,
         seconds=published_mono - started,
         last=asdict(last) if last is not None else None,
+        tail=[asdict(message) for message in tail],
     )
     return 0
 

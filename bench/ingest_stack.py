@@ -42,6 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.measure import host_cpu_seconds
+from bench.pinning import on_cpus
 from fieldlink.localstack import InfluxDB1, Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,11 @@ class Stack:
     """Mosquitto and InfluxDB 1.x of one measured run, in ``workdir``."""
 
     workdir: Path
+    #: Pin influxd to these CPUs (``bench/pinning.py``); ``None``: wherever the kernel puts it.
+    influx_cpus: frozenset[int] | None = None
+    #: ``{section: {key: value}}`` laid over the measured ingester's shipped defaults
+    #: (``bench ingest --fieldlink-set``); empty: the defaults as shipped.
+    fieldlink_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     broker: Mosquitto = field(init=False)
     influx: InfluxDB1 = field(init=False)
 
@@ -80,7 +86,8 @@ class Stack:
         self.influx = InfluxDB1(data_dir=self.workdir / "influxdb")
         try:
             self.broker.start()
-            self.influx.start()
+            with on_cpus(self.influx_cpus):
+                self.influx.start()
             self.influx.create_database(DATABASE)
         except BaseException:
             self.close()
@@ -203,7 +210,10 @@ def consumer_command(
             mqtt["group"] = GROUP
         path = workdir / ("cloud.yaml" if member is None else f"cloud-{member + 1}.yaml")
         # JSON is YAML: no YAML writer needed.
-        path.write_text(json.dumps(cloud_config(stack.broker, stack.influx, mqtt=mqtt), indent=2))
+        overrides = {**stack.fieldlink_overrides}
+        overrides["mqtt"] = {**overrides.get("mqtt", {}), **mqtt}
+        doc = cloud_config(stack.broker, stack.influx, **overrides)
+        path.write_text(json.dumps(doc, indent=2))
         command = [sys.executable, "-m", "fieldlink", "--log-level", "INFO"]
         return [*command, "cloud", "run", str(path)], client_id
     if system == "naive":
