@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Final, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from config.base import Ident, StrictModel
 from wire.topics import UNIT_PATTERN
@@ -82,6 +82,27 @@ ModbusDataBits = Literal[7, 8] | None
 #: Data bits a UART offers.
 SerialDataBits = Literal[5, 6, 7, 8]
 
+
+def _uart_stop_bits(value: float) -> float:
+    if value not in (1, 1.5, 2):
+        raise ValueError("stop bits are 1, 1.5 or 2")
+    return value
+
+
+#: Stop bits a UART offers; 1.5 (with 5 data bits) counts as one and a half bit times.
+UartStopBits = Annotated[
+    float,
+    AfterValidator(_uart_stop_bits),
+    WithJsonSchema({"type": "number", "enum": [1, 1.5, 2]}),
+]
+
+
+def character_bits(data_bits: int, parity: str, stopbits: float) -> float:
+    """Bit times one character takes on a serial line: the start bit, the data bits, a
+    parity bit unless the parity is ``N``, and the stop bits (8N1: 10, 8E2: 12, 5N1.5: 7.5)."""
+    return 1 + data_bits + (0 if parity == "N" else 1) + stopbits
+
+
 #: The RTU inter-frame silence is 3.5 character times, fixed at 1.75 ms above this speed.
 _RTU_FIXED_GAP_ABOVE: Final = 19200
 _RTU_FIXED_GAP: Final = 0.00175
@@ -114,8 +135,7 @@ class ModbusLineTiming:
     @property
     def char_time(self) -> float:
         """Seconds one character takes on the serial line (start, data, parity, stop bits)."""
-        bits = 1 + self.data_bits + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
+        return character_bits(self.data_bits, self.parity, self.stopbits) / self.baudrate
 
     @property
     def frame_gap(self) -> float:

@@ -22,7 +22,17 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import AfterValidator, BaseModel, Discriminator, Field, Tag, model_validator
 
 from config.base import Ident, StrictModel
-from config.device import Baudrate, ModbusDataBits, ModbusLineTiming, ModbusParity, StopBits
+from config.device import (
+    Baudrate,
+    ModbusDataBits,
+    ModbusLineTiming,
+    ModbusParity,
+    SerialDataBits,
+    SerialParity,
+    StopBits,
+    UartStopBits,
+    character_bits,
+)
 from config.errors import ConfigError, Problem
 from config.loader import read_document, substitute_env, validate
 from drivers.modbus.codec import CodecError, RegisterType, WordOrder, encode, register_count
@@ -642,7 +652,16 @@ _INSTRUMENT_FAULT_KINDS = ("garbage", "bad_checksum", "silence", "close_port")
 _STREAM_FIELDS = ("interval", "frames")
 _COMMAND_FIELDS = ("commands", "unknown_reply", "reply_delay", "line")
 #: What instruments sharing one `line` (one pty) must agree on.
-_LINE_FIELDS = ("serial_link", "baudrate", "emulate_timing", "terminator", "encoding")
+_LINE_FIELDS = (
+    "serial_link",
+    "baudrate",
+    "bytesize",
+    "parity",
+    "stopbits",
+    "emulate_timing",
+    "terminator",
+    "encoding",
+)
 
 
 class ClosePort(StrictModel):
@@ -772,11 +791,28 @@ class SimInstrument(StrictModel):
     )
     baudrate: Baudrate = Field(
         default=9600,
-        description="Line speed; only sets timing (10 bits a character, see emulate_timing).",
+        description=(
+            "Line speed; with `bytesize`, `parity` and `stopbits` it only sets timing (see "
+            "emulate_timing)."
+        ),
     )
+    bytesize: SerialDataBits = Field(
+        default=8, description="Data bits per character; timing only (a pty passes 8 bits)."
+    )
+    parity: SerialParity = Field(
+        default="N",
+        description=(
+            "`N`, `E`, `O`, `M` or `S`: any but `N` adds a parity bit to every character; "
+            "timing only."
+        ),
+    )
+    stopbits: UartStopBits = Field(default=1, description="1, 1.5 or 2; timing only.")
     emulate_timing: bool = Field(
         default=True,
-        description="Write each frame or reply when its last byte would arrive at `baudrate`.",
+        description=(
+            "Write each frame or reply when its last byte would arrive at `baudrate`: start "
+            "bit, data bits, parity bit if any and stop bits a character (8N1: 10, 8E2: 12)."
+        ),
     )
     terminator: str = Field(
         default="\r\n",
@@ -910,8 +946,8 @@ class SimInstrument(StrictModel):
 
     @property
     def char_time(self) -> float:
-        """Seconds one character takes (8N1: 10 bits)."""
-        return 10 / self.baudrate
+        """Seconds one character takes on the line (8N1: 10 bits, 8E2: 12)."""
+        return character_bits(self.bytesize, self.parity, self.stopbits) / self.baudrate
 
     def line_key(self) -> str:
         """Instruments with equal keys share one pseudo-terminal."""

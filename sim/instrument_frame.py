@@ -1,9 +1,10 @@
 """Text frames of simulated serial instruments: templates, checksums and the bytes on the wire.
 
 A template is a Python format string whose fields name a value (``{alt:.1f}``) or the emission
-time (``{utc:%H%M%S.%2f}``). :func:`compile_template` checks it once, at config load time, and
-gives a :class:`Template` that renders quickly. :func:`encode_frame` frames a rendered body
-with its checksum and terminator exactly as ``sim/README.md`` ("Checksum framing") states.
+time (``{utc:%H%M%S.%2f}``, read from the rack's wall clock: :func:`epoch_ns`).
+:func:`compile_template` checks it once, at config load time, and gives a :class:`Template`
+that renders quickly. :func:`encode_frame` frames a rendered body with its checksum and
+terminator exactly as ``sim/README.md`` ("Checksum framing") states.
 
 Pure functions with no config import, so the config validator can use them (it renders every
 template once with sample values) and the driver tests can rebuild expected frames.
@@ -116,6 +117,27 @@ def compile_template(text: str) -> Template:
             raise TemplateError(f"placeholder {{{field}}}: nested placeholders are not supported")
         parts.append(_Part(literal, field, spec))
     return Template(text, parts)
+
+
+#: What a wall clock may return: seconds since the epoch, or a timezone-aware datetime.
+WallTime = float | datetime
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def epoch_ns(moment: WallTime) -> int:
+    """``moment`` as nanoseconds since the epoch, to the microsecond (what ``{utc}`` shows at
+    most). A datetime is converted exactly; a naive one is refused: its zone is unknown."""
+    if isinstance(moment, datetime):
+        if moment.utcoffset() is None:
+            raise ValueError(
+                f"the wall clock returned a naive datetime ({moment.isoformat()}); return an "
+                "aware one, e.g. datetime.now(UTC), or seconds since the epoch"
+            )
+        delta = moment - _EPOCH
+        return ((delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds) * 1000
+    # Whole microseconds: a float of today's epoch seconds carries no finer digits reliably.
+    return round(moment * 1_000_000) * 1000
 
 
 def format_utc(time_ns: int, spec: str) -> str:

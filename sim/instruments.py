@@ -12,6 +12,10 @@ silence, garbage before the frame, wrong checksum. See sim/README.md, "Serial in
 
 Every line writes one frame at a time: with timing emulation a frame reaches the pty when its
 last byte would have arrived at the line's baud rate, and the next frame starts after it.
+
+Two clocks, both injectable: ``clock`` (monotonic seconds) drives the waveforms of the
+values; ``wall_clock`` (epoch seconds or an aware datetime; default the system clock) gives
+``{utc}`` and :attr:`Emission.time_ns`, so a test can pin the exact time fields of a frame.
 """
 
 from __future__ import annotations
@@ -35,7 +39,14 @@ from config.sim import (
     SimInstrument,
 )
 from sim.faults import strikes
-from sim.instrument_frame import Template, Value, compile_template, encode_frame
+from sim.instrument_frame import (
+    Template,
+    Value,
+    WallTime,
+    compile_template,
+    encode_frame,
+    epoch_ns,
+)
 from sim.pty import PtyLine, open_pty
 from sim.server import SimStartError
 from sim.serving import Clock, Served
@@ -52,11 +63,15 @@ _NOISE_BYTES: Final = bytes(b for b in range(256) if b not in b"\r\n$*")
 #: Frames/replies and requests kept per instrument for :meth:`InstrumentRack.emitted` etc.
 _MAX_RECORDS: Final = 100_000
 
+#: The time of ``{utc}``: seconds since the epoch, or an aware datetime.
+WallClock = Callable[[], WallTime]
+
 
 class Emission(NamedTuple):
     """A frame or reply that was written to the pty."""
 
-    #: Wall-clock time the frame was rendered and started on the wire (what ``{utc}`` shows).
+    #: The rack's wall-clock time (ns since the epoch) at which the frame was rendered and
+    #: started on the wire: what ``{utc}`` shows.
     time_ns: int
     #: The rendered template: no ``$``, checksum or terminator.
     body: str
@@ -251,7 +266,13 @@ class _Line:
 class _Instrument:
     """One instrument's templates, values, faults and records."""
 
-    def __init__(self, config: SimInstrument, line: _Line, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        config: SimInstrument,
+        line: _Line,
+        clock: Callable[[], float],
+        now_ns: Callable[[], int],
+    ) -> None:
         self.config = config
         self.line = line
         self.frames = [compile_template(text) for text in config.frames]
@@ -260,6 +281,7 @@ class _Instrument:
             compile_template(config.unknown_reply) if config.unknown_reply is not None else None
         )
         self._clock = clock
+        self._now_ns = now_ns
         self._constants: dict[str, Value] = {}
         self._waves: dict[str, Callable[[float], int | float]] = {}
         for name, value in config.values.items():
@@ -325,7 +347,7 @@ class _Instrument:
             if how is not None and _strikes(rule, how, rng):
                 corrupt = True
         async with line.wire:
-            time_ns = time.time_ns()
+            time_ns = self._now_ns()
             values = self.values_for(template)
             body = template.render(values, time_ns)
             wire = encode_frame(
@@ -366,12 +388,22 @@ class _Instrument:
         return replace(self.counters)
 
 
+def _nanoseconds(wall_clock: WallClock | None) -> Callable[[], int]:
+    """A clock of nanoseconds since the epoch: ``wall_clock``'s, or the system's."""
+    if wall_clock is None:
+        return time.time_ns
+    epoch_ns(wall_clock())  # a clock returning a naive datetime fails on entry, not later
+    return lambda: epoch_ns(wall_clock())
+
+
 class InstrumentRack(Served):
     """Serves every instrument of a :class:`SimConfig` while the ``async with`` block runs.
 
     ``clock`` returns seconds and drives the waveforms (default: monotonic time since the
-    rack started). ``on_reopen`` is called whenever a pty is re-created (its path changed),
-    e.g. to rewrite a ports file.
+    rack started). ``wall_clock`` returns the time ``{utc}`` shows, as seconds since the
+    epoch or an aware datetime (default: the system clock); it is read once on entry, so a
+    clock that returns something else fails there. ``on_reopen`` is called whenever a pty is
+    re-created (its path changed), e.g. to rewrite a ports file.
     """
 
     def __init__(
@@ -379,15 +411,18 @@ class InstrumentRack(Served):
         config: SimConfig,
         clock: Callable[[], float] | None = None,
         on_reopen: Callable[[], None] | None = None,
+        wall_clock: WallClock | None = None,
     ) -> None:
         super().__init__(clock)
         self._config = config
+        self._wall_clock = wall_clock
         self._on_reopen = on_reopen or (lambda: None)
         self._lines: list[_Line] = []
         self._instruments: dict[str, _Instrument] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _open(self, clock: Clock) -> None:
+        now_ns = _nanoseconds(self._wall_clock)
         lines: dict[str, _Line] = {}
         for config in self._config.instruments:
             line = lines.get(config.line_key())
@@ -402,7 +437,7 @@ class InstrumentRack(Served):
                         f"cannot open a pseudo-terminal{where} for {config.name}: "
                         f"{exc.strerror or exc}"
                     ) from exc
-            inst = _Instrument(config, line, clock)
+            inst = _Instrument(config, line, clock, now_ns)
             line.instruments.append(inst)
             self._instruments[config.name] = inst
         for inst in self._instruments.values():

@@ -1,15 +1,19 @@
 """The link of every transport: bus config validation, writes (FC5, FC6, FC15, FC16) read back
 from the simulator, broadcasts, and cancellation of a request in flight, which must raise
-CancelledError and leave the link closed and reopenable, on a serial port too."""
+CancelledError and leave the link closed and reopenable, on a serial port too. A serial port
+that cannot be opened reads the same from the Modbus and the serial-instrument driver."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import os
+import termios
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
+import serial  # type: ignore[import-untyped]  # pyserial ships no type hints
 
 from config.edge import validate_edge
 from config.errors import ConfigError
@@ -19,6 +23,9 @@ from drivers.modbus.config import ModbusBus, ModbusDevice
 from drivers.modbus.link import ModbusLink
 from drivers.modbus.planner import ReadRequest, WriteRequest, plan_coil_writes, plan_write
 from drivers.modbus.program import ModbusProgram
+from drivers.serial.config import SerialBus
+from drivers.serial.link import SerialLink
+from drivers.serialport import LineSettings, open_failure
 from sim.server import SimPlant
 
 SERIAL = {"parity": "N"}  # a pseudo-terminal takes no parity (see test_sim_rtu.py)
@@ -394,3 +401,117 @@ async def test_tcp_broken_answers_are_named(
             await link.execute(ReadRequest(1, "holding", 0, 2, ()))
         assert isinstance(raised.value, DriverError)
         assert raised.value.reason.startswith(reason)
+
+
+# -- a serial port that cannot be opened: the same words from both serial drivers ------------
+
+NO_PORT = "no such port (unplugged? check the path, or /dev/serial/by-id/)"
+IN_USE = "in use by another program (the port is locked)"
+PTY_REFUSES_8E1 = (
+    "the port refuses 8E1 at 9600 bit/s; a pseudo-terminal takes only 8 data bits and no parity"
+)
+
+
+def serial_links(path: str, **line: Any) -> tuple[ModbusLink, SerialLink]:
+    """A Modbus RTU link and a serial-instrument link on one port, with the same settings."""
+    settings = {"serial_port": path, "baudrate": 9600, "parity": "N", **line}
+    modbus = ModbusBus.model_validate(
+        {"name": "m", "driver": "modbus", "transport": "rtu"} | settings
+    )
+    instrument = SerialBus.model_validate({"name": "s", "driver": "serial"} | settings)
+    return ModbusLink(modbus), SerialLink(instrument)
+
+
+async def refusal(link: ModbusLink | SerialLink) -> str:
+    with pytest.raises(ConnectError) as caught:
+        await link.connect()
+    return str(caught.value)
+
+
+@contextmanager
+def pseudo_terminal() -> Iterator[str]:
+    """A pty's slave path, which a serial driver opens like a real port; ours stays open, so
+    the line exists whoever opens and closes it."""
+    master, slave = os.openpty()
+    try:
+        yield os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_a_missing_port_reads_the_same_in_both_serial_drivers() -> None:
+    missing = "/dev/does-not-exist"
+    modbus, instrument = serial_links(missing)
+    assert await refusal(modbus) == f"disconnected: modbus rtu {missing} 9600 8N1: {NO_PORT}"
+    assert await refusal(instrument) == f"disconnected: {missing}: {NO_PORT}"
+
+
+async def test_a_port_in_use_reads_the_same_in_both_serial_drivers() -> None:
+    with pseudo_terminal() as path:
+        modbus, instrument = serial_links(path)
+        await modbus.connect()
+        try:
+            assert await refusal(instrument) == f"disconnected: {path}: {IN_USE}"
+        finally:
+            await modbus.close()
+        await instrument.connect()
+        try:
+            assert await refusal(modbus) == f"disconnected: modbus rtu {path} 9600 8N1: {IN_USE}"
+        finally:
+            await instrument.close()
+        # Free again once its owner closed it.
+        await modbus.connect()
+        await modbus.close()
+
+
+@pytest.mark.parametrize("driver", ["modbus", "serial"])
+async def test_settings_the_port_silently_drops_are_refused_by_both_serial_drivers(
+    driver: str,
+) -> None:
+    # A fresh pty takes the first tcsetattr and drops the parity bit without a word; the
+    # drivers apply the settings twice and so see the refusal instead of opening a line
+    # whose every character would be wrong.
+    with pseudo_terminal() as path:
+        modbus, instrument = serial_links(path, parity="E")
+        link, where = (modbus, modbus.description) if driver == "modbus" else (instrument, path)
+        assert await refusal(link) == f"disconnected: {where}: {PTY_REFUSES_8E1}"
+        # The refused attempt left nothing locked behind: 8N1 opens the port.
+        good = serial_links(path)[1]
+        await good.connect()
+        await good.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        # What pyserial 3.5 raises for os.open's errors and a failed flock, and what termios
+        # raises for settings a driver refuses.
+        (
+            serial.SerialException(
+                13, "could not open port /dev/ttyS3: [Errno 13] Permission denied"
+            ),
+            "permission denied (add the agent's user to the `dialout` group)",
+        ),
+        (
+            serial.SerialException(2, "could not open port /dev/ttyS3: [Errno 2] No such file"),
+            NO_PORT,
+        ),
+        (
+            serial.SerialException(11, "Could not exclusively lock port /dev/ttyS3: [Errno 11]"),
+            IN_USE,
+        ),
+        (
+            serial.SerialException("could not open port: [Errno 16] Device busy"),
+            "cannot open: Device or resource busy",
+        ),
+        (termios.error(22, "Invalid argument"), "the port refuses 7O2 at 1200 bit/s"),
+        (
+            ValueError("Not a valid baudrate: 7"),
+            "the port refuses the settings: Not a valid baudrate: 7",
+        ),
+    ],
+)
+def test_what_each_open_failure_says(error: Exception, reason: str) -> None:
+    line = LineSettings(baudrate=1200, bytesize=7, parity="O", stopbits=2)
+    assert open_failure("/dev/ttyS3", line, error) == reason

@@ -247,7 +247,7 @@ async def test_nothing_listening_is_one_line_and_exit_2() -> None:
         tool("probe", "--serial", missing, "--parity", "N", "--address", "0"),
     )
     refused = f"error: modbus tcp 127.0.0.1:{port}: connection refused or timed out\n"
-    no_port = f"cannot open {missing}: No such file or directory\n"
+    no_port = "no such port (unplugged? check the path, or /dev/serial/by-id/)\n"
     assert [(r.code, r.out) for r in runs] == [(2, "")] * 4
     assert runs[0].err == runs[1].err == refused
     # One line, not one per line setting: the port is missing whatever the setting.

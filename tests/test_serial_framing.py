@@ -157,6 +157,19 @@ def test_a_frame_cut_off_by_a_new_start_is_dropped() -> None:
     assert deframer.noise_bytes == len(b"\x02trunc")
 
 
+def test_a_marker_frame_longer_than_max_length_is_dropped_as_overflow() -> None:
+    deframer = MarkerDeframer(b"<", b">", max_length=8)
+    # Within the limit the frame in progress is kept, across reads.
+    assert deframer.feed(b"xx<aaaa") == []
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (0, 2)
+    # Past it, the whole frame so far goes.
+    assert deframer.feed(b"aaaaa") == []
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (10, 2)
+    # Its tail has no start marker: noise; the next frame comes out whole.
+    assert deframer.feed(b"b><ok>") == [b"ok"]
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (10, 4)
+
+
 # -- regex -------------------------------------------------------------------------------
 
 
@@ -175,6 +188,17 @@ def test_regex_frames_split_across_reads_with_noise(
     deframer = RegexDeframer(rb"(?P<frame>W:[+-]\d+kg);")
     assert feed_all(deframer, chunked(wire, cuts)) == frames
     assert deframer.noise_bytes == sum(len(g) for g in gaps[: len(values)])
+
+
+def test_regex_keeps_only_the_newest_max_length_bytes_without_a_match() -> None:
+    deframer = RegexDeframer(rb"<[^>]*>", max_length=8)
+    assert deframer.feed(b"<" + b"a" * 7) == []
+    assert deframer.overflow_bytes == 0
+    # 13 bytes and no match: the oldest 5 go, the newest 8 stay (a match may start there).
+    assert deframer.feed(b"a" * 5) == []
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (5, 0)
+    assert deframer.feed(b"><ok>") == [b"<ok>"]
+    assert (deframer.overflow_bytes, deframer.noise_bytes) == (5, 9)
 
 
 # -- all ---------------------------------------------------------------------------------

@@ -81,6 +81,53 @@ def test_agent_and_simulator_time_a_modbus_line_alike(tmp_path: Path, line: dict
     assert bus.char_time == pytest.approx(bits / line["baudrate"])
 
 
+@pytest.mark.parametrize(
+    ("line", "bits"),
+    [
+        ({}, 10),
+        ({"parity": "E", "stopbits": 2}, 12),
+        ({"bytesize": 7, "parity": "O"}, 10),
+        ({"bytesize": 5, "parity": "N", "stopbits": 1.5}, 7.5),
+    ],
+)
+def test_an_instrument_line_is_timed_by_its_bits_per_character(
+    tmp_path: Path, line: dict[str, Any], bits: float
+) -> None:
+    instrument = {**INSTRUMENT, "baudrate": 9600, **line}
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump({"kind": "sim", "instruments": [instrument]}), "utf-8")
+    [loaded] = load_sim_config(path, env={}).instruments
+    assert loaded.char_time == pytest.approx(bits / 9600)
+    # A Modbus line of the same settings takes the same time a character.
+    if line.get("bytesize", 8) == 8 and line.get("stopbits", 1) != 1.5:
+        bus = ModbusBus.model_validate(
+            {"name": "b", "driver": "modbus", "serial_port": "/dev/x", "parity": "N"}
+            | {"baudrate": 9600, "transport": "rtu", **line}
+        )
+        assert bus.char_time == loaded.char_time
+
+
+def test_an_instrument_takes_one_and_a_half_stop_bits_but_not_three(tmp_path: Path) -> None:
+    assert sim_problems(tmp_path, {"instruments": [{**INSTRUMENT, "stopbits": 1.5}]}) == []
+    assert sim_problems(tmp_path, {"instruments": [{**INSTRUMENT, "stopbits": 3}]}) == [
+        "instruments[0].stopbits: stop bits are 1, 1.5 or 2 (got 3)"
+    ]
+
+
+def test_instruments_sharing_a_line_agree_on_its_character_format(tmp_path: Path) -> None:
+    command = {"mode": "command", "line": "rs485", "commands": [{"request": "A?", "reply": "1"}]}
+    doc = {
+        "instruments": [
+            {"name": "a", **command, "parity": "E"},
+            {"name": "b", **command, "commands": [{"request": "B?", "reply": "2"}]},
+        ]
+    }
+    assert sim_problems(tmp_path, doc) == [
+        "instruments[1].parity: line 'rs485' is shared with instruments[0] (a), which has "
+        "parity 'E'; instruments on one line must agree"
+    ]
+
+
 def test_rtu_with_seven_data_bits_is_refused_alike(tmp_path: Path) -> None:
     line = {"transport": "rtu", "bytesize": 7}
     bus = {"driver": "modbus", "serial_port": "/dev/ttyUSB0", **line}

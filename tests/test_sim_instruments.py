@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -213,16 +213,92 @@ async def test_values_follow_the_injected_clock() -> None:
         assert rack.emitted("gps")[0].values == {"n": 10, "s": 0.0, "c": "text", "k": -3}
 
 
-async def test_timing_emulation_delays_a_frame_by_its_time_on_the_wire() -> None:
-    # 16 bytes at 1200 baud, 10 bits each: 133 ms from the request to the whole reply.
-    inst = probe(emulate_timing=True, baudrate=1200, checksum="none")
-    inst["commands"] = [{"request": "X", "reply": "0123456789ABCD"}]
-    inst["values"] = {}
+@pytest.mark.parametrize(
+    ("wall_clock", "hhmmss", "date", "iso"),
+    [
+        (
+            datetime(2026, 11, 30, 1, 2, 3, 456789, tzinfo=UTC),
+            "010203.45",
+            "30,11,2026",
+            "2026-11-30T01:02:03.456789Z",
+        ),
+        # Epoch seconds; and a datetime in another zone is the same instant in UTC.
+        (1_796_000_000.25, "005320.25", "30,11,2026", "2026-11-30T00:53:20.250000Z"),
+        (
+            datetime(2026, 11, 30, 2, 53, 20, 250000, tzinfo=timezone(timedelta(hours=2))),
+            "005320.25",
+            "30,11,2026",
+            "2026-11-30T00:53:20.250000Z",
+        ),
+    ],
+)
+async def test_utc_fields_come_from_the_injected_wall_clock(
+    wall_clock: float | datetime, hhmmss: str, date: str, iso: str
+) -> None:
+    inst = gps(frames=["GPZDA,{utc:%H%M%S.%2f},{utc:%d,%m,%Y},00,00", "GPTXT,{utc}"], values={})
+    rack = InstrumentRack(sim(inst), wall_clock=lambda: wall_clock)
+    async with rack, port(rack.path("gps")) as client:
+        assert await client.lines(2) == [
+            nmea(f"GPZDA,{hhmmss},{date},00,00"),
+            nmea(f"GPTXT,{iso}"),
+        ]
+        # The records carry the same instant, to the nanosecond.
+        instant = datetime.fromisoformat(iso)
+        seconds = int(instant.replace(microsecond=0).timestamp())
+        expected_ns = seconds * 10**9 + instant.microsecond * 1000
+        assert {e.time_ns for e in rack.emitted("gps")} == {expected_ns}
+
+
+async def test_each_frame_reads_the_wall_clock_when_it_is_sent() -> None:
+    ticks = iter(range(1_796_000_000, 1_796_001_000))
+    inst = gps(frames=["A,{utc:%H%M%S}", "B,{utc:%H%M%S}"], values={}, checksum="none")
+    rack = InstrumentRack(sim(inst), wall_clock=lambda: next(ticks))
+    async with rack, port(rack.path("gps")) as client:
+        # The rack reads the clock once on entry (005320), then once per frame.
+        assert await client.lines(3) == [b"A,005321\r\n", b"B,005322\r\n", b"A,005323\r\n"]
+
+
+async def test_a_wall_clock_without_a_timezone_is_refused_on_entry() -> None:
+    rack = InstrumentRack(sim(gps()), wall_clock=lambda: datetime(2026, 11, 30, 1, 2, 3))
+    with pytest.raises(
+        ValueError, match=r"naive datetime \(2026-11-30T01:02:03\); return an aware"
+    ):
+        async with rack:
+            pass
+
+
+def bits_per_character(line: dict[str, Any]) -> float:
+    """Start bit, data bits, a parity bit unless none, stop bits (8N1 unless ``line`` says
+    otherwise): what one character takes on a real line, computed here independently."""
+    parity = 0 if line.get("parity", "N") == "N" else 1
+    return 1 + line.get("bytesize", 8) + parity + line.get("stopbits", 1)
+
+
+#: Line settings of an instrument, beyond its baud rate; {} is the default, 8N1.
+LINE_SETTINGS: list[dict[str, Any]] = [
+    {},
+    {"parity": "E", "stopbits": 2},
+    {"bytesize": 7, "parity": "O", "stopbits": 1},
+    {"bytesize": 5, "stopbits": 1.5},
+]
+
+
+@pytest.mark.parametrize("line", LINE_SETTINGS, ids=lambda line: str(line or "8N1"))
+async def test_a_reply_arrives_no_sooner_than_its_characters_take_on_the_line(
+    line: dict[str, Any],
+) -> None:
+    # 200 characters and CR LF at 4800 bit/s: 0.42 s at 10 bits a character, 0.51 s at 12.
+    # Timed from before the request is written until the whole reply is read, so the time
+    # measured can only be longer than the time on the wire: a lower bound, never a flake.
+    reply = "0123456789" * 20
+    inst = probe(emulate_timing=True, baudrate=4800, checksum="none", values={}, **line)
+    inst["commands"] = [{"request": "X", "reply": reply}]
     async with InstrumentRack(sim(inst)) as rack, port(rack.path("probe")) as client:
         started = time.monotonic()
         client.write(b"X\r")
-        assert await client.lines(1) == [b"0123456789ABCD\r\n"]
-        assert time.monotonic() - started >= 16 * 10 / 1200
+        assert await client.lines(1) == [reply.encode() + b"\r\n"]
+        elapsed = time.monotonic() - started
+    assert elapsed >= (len(reply) + 2) * bits_per_character(line) / 4800
 
 
 async def test_a_port_nobody_reads_does_not_store_old_frames() -> None:

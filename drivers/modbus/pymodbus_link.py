@@ -56,6 +56,7 @@ from drivers.modbus.config import SERIAL_TRANSPORTS, ModbusBus
 from drivers.modbus.mbap import SILENT_LIMIT
 from drivers.modbus.pdu import EXCEPTION_NAMES, frame_error
 from drivers.modbus.planner import ReadRequest, WriteRequest
+from drivers.serialport import LineSettings, open_port
 
 #: After a broadcast (unit 0) write no answer comes; devices need this long to act on it
 #: before the line may carry the next request (Modbus over serial line, 2.4.1).
@@ -78,6 +79,7 @@ class PymodbusLink:
         self._bus = bus
         self._reconnect_when_silent = reconnect_when_silent
         self._serial = bus.transport in SERIAL_TRANSPORTS
+        self._line = LineSettings(bus.baudrate, bus.data_bits, bus.parity, bus.stopbits)
         self._client: Client | None = None
         self._check: Callable[[bytes, int, int], str | None] | None = {
             "rtu": check_rtu,
@@ -97,7 +99,7 @@ class PymodbusLink:
     def description(self) -> str:
         bus = self._bus
         if self._serial:
-            framing = f"{bus.data_bits}{bus.parity}{bus.stopbits}"
+            framing = self._line.framing
             return f"modbus {bus.transport} {bus.serial_port} {bus.baudrate} {framing}"
         return f"modbus {bus.transport} {bus.endpoint}"
 
@@ -113,10 +115,7 @@ class PymodbusLink:
             return AsyncModbusSerialClient(
                 str(bus.serial_port),
                 framer=FramerType.ASCII if bus.transport == "ascii" else FramerType.RTU,
-                baudrate=bus.baudrate,
-                bytesize=bus.data_bits,
-                parity=bus.parity,
-                stopbits=bus.stopbits,
+                **self._line.serial_kwargs(),  # as connect() tried them
                 timeout=bus.timeout,
                 retries=0,
                 reconnect_delay=0,
@@ -136,10 +135,15 @@ class PymodbusLink:
 
     async def connect(self) -> None:
         await self.close()
-        if self._serial:
-            problem = _probe_serial(self._bus)
-            if problem is not None:
-                raise ConnectError(f"{self.description}: {problem}")
+        if self._serial and os.name == "posix":
+            # pymodbus opens the port and then sets its timeout outside any clean-up: when the
+            # port refuses the settings at that step (a Linux pseudo-terminal refuses parity and
+            # 7 data bits) a ``termios.error`` escapes its ``connect()`` and the half-open port
+            # stays open and locked (``exclusive``) for the life of the process. So the port is
+            # tried here first, its settings applied twice as pymodbus does, closed whatever
+            # happens, and pymodbus opens it only when this succeeded. Raises ConnectError with
+            # the reason (drivers/serialport.py).
+            open_port(str(self._bus.serial_port), self._line, where=self.description).close()
         client = self._new_client()
         # See the module docstring: unanswered requests never close the connection by
         # themselves (pymodbus counts them down from this number, reset by any answer).
@@ -410,61 +414,3 @@ def check_ascii(data: bytes, unit: int, function: int) -> str | None:
     if (-sum(raw[:-1])) & 0xFF != raw[-1]:
         return "bad LRC"
     return None
-
-
-def _probe_serial(bus: ModbusBus) -> str | None:
-    """Why the serial port cannot be opened with the bus's settings, or None if it can.
-
-    pymodbus opens the port and then sets its timeout to 0 outside any clean-up: when the
-    port refuses the settings at that step (a Linux pseudo-terminal refuses parity and 7 data
-    bits) a ``termios.error`` escapes its ``connect()`` and the half-open port stays open and
-    locked (``exclusive``) for the life of the process. So the port is tried here first, the
-    same way, closed whatever happens, and pymodbus opens it only when this succeeded.
-    """
-    if os.name != "posix":
-        return None  # pymodbus's own open is all there is
-    import termios
-
-    import serial  # type: ignore[import-untyped]  # pyserial ships no type hints
-
-    path = str(bus.serial_port)
-    try:
-        # The same two steps as pymodbus's SerialTransport, so what fails there fails here.
-        port = serial.Serial(
-            path,
-            baudrate=bus.baudrate,
-            bytesize=bus.data_bits,
-            parity=bus.parity,
-            stopbits=bus.stopbits,
-            timeout=bus.timeout,
-            exclusive=True,
-        )
-    except (OSError, ValueError, termios.error) as exc:
-        return _serial_reason(path, bus, exc)
-    try:
-        port.timeout = 0
-    except (OSError, ValueError, termios.error) as exc:
-        return _serial_reason(path, bus, exc)
-    finally:
-        port.close()
-    return None
-
-
-def _serial_reason(path: str, bus: ModbusBus, exc: Exception) -> str:
-    # termios.error carries (errno, text) in its args; OSError has .errno.
-    errno_ = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    if isinstance(exc, OSError):
-        errno_ = exc.errno
-        if "exclusively lock" in str(exc):  # pyserial's flock failed: someone holds the port
-            return f"{path} is in use by another program"
-    if errno_ == 22:  # EINVAL: the driver refuses the line settings
-        framing = f"{bus.data_bits}{bus.parity}{bus.stopbits}"
-        hint = (
-            "; a pseudo-terminal takes only 8 data bits and no parity"
-            if os.path.realpath(path).startswith("/dev/pts/")
-            else ""
-        )
-        return f"the port refuses {framing} at {bus.baudrate} bit/s{hint}"
-    if isinstance(exc, OSError) and exc.errno:
-        return f"cannot open {path}: {os.strerror(exc.errno)}"
-    return f"cannot open {path}: {exc}"

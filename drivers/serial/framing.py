@@ -49,21 +49,49 @@ class Deframer(Protocol):
 _LINE_TRIM = b"\r\n"
 
 
-class LineDeframer:
+class _Buffered:
+    """What every deframer keeps: the bytes not yet cut into frames, and the counts of those
+    dropped. Its helpers drop bytes from the front of the buffer and count them."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.noise_bytes = 0
+        self.overflow_bytes = 0
+
+    def reset(self) -> None:
+        self._buffer.clear()
+
+    def _to_start(self, start: bytes) -> bool:
+        """Drop the noise before the first ``start`` marker in the buffer; False if there is
+        none (then a tail that could be the beginning of a marker is kept)."""
+        buffer = self._buffer
+        at = buffer.find(start)
+        if at < 0:
+            at = max(0, len(buffer) - len(start) + 1)
+        self.noise_bytes += at
+        del buffer[:at]
+        return buffer.startswith(start)
+
+    def _overflow_keeping(self, keep: int) -> None:
+        """Drop all but the last ``keep`` buffered bytes, counted as overflow."""
+        drop = max(0, len(self._buffer) - keep)
+        self.overflow_bytes += drop
+        del self._buffer[:drop]
+
+
+class LineDeframer(_Buffered):
     def __init__(
         self, delimiter: bytes = b"\n", start: bytes | None = None, max_length: int = 4096
     ) -> None:
         if not delimiter:
             raise ValueError("a line delimiter cannot be empty")
+        super().__init__()
         self._delimiter = delimiter
         self._start = start or None
         self._max = max_length
-        self._buffer = bytearray()
         #: The line in progress was dropped as too long: its rest, up to the delimiter, goes too
         #: (without a start marker it would otherwise come out as a bogus frame).
         self._skipping = False
-        self.noise_bytes = 0
-        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -111,40 +139,29 @@ class LineDeframer:
                 keep = len(buffer) - at
         else:
             self._skipping = True
-        self.overflow_bytes += len(buffer) - keep
-        del buffer[: len(buffer) - keep]
+        self._overflow_keeping(keep)
 
     def reset(self) -> None:
-        self._buffer.clear()
+        super().reset()
         self._skipping = False
 
 
-class FixedDeframer:
+class FixedDeframer(_Buffered):
     def __init__(self, length: int, start: bytes | None = None) -> None:
         start = start or None
         if length < 1 or (start is not None and length <= len(start)):
             raise ValueError("a fixed frame must be longer than its start marker")
+        super().__init__()  # overflow_bytes stays 0: a fixed frame cannot overflow
         self._length = length
         self._start = start
-        self._buffer = bytearray()
-        self.noise_bytes = 0
-        self.overflow_bytes = 0  # a fixed frame cannot overflow
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         buffer, start, length = self._buffer, self._start, self._length
         frames: list[bytes] = []
         while True:
-            if start is not None:
-                at = buffer.find(start)
-                if at < 0:
-                    # Keep a tail that could be the beginning of a start marker.
-                    drop = max(0, len(buffer) - len(start) + 1)
-                    self.noise_bytes += drop
-                    del buffer[:drop]
-                    break
-                self.noise_bytes += at
-                del buffer[:at]
+            if start is not None and not self._to_start(start):
+                break
             if len(buffer) < length:
                 break
             skip = len(start) if start is not None else 0
@@ -152,34 +169,21 @@ class FixedDeframer:
             del buffer[:length]
         return frames
 
-    def reset(self) -> None:
-        self._buffer.clear()
 
-
-class MarkerDeframer:
+class MarkerDeframer(_Buffered):
     def __init__(self, start: bytes, end: bytes, max_length: int = 4096) -> None:
         if not start or not end:
             raise ValueError("start and end markers cannot be empty")
+        super().__init__()
         self._start = start
         self._end = end
         self._max = max_length
-        self._buffer = bytearray()
-        self.noise_bytes = 0
-        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
         buffer, start, end = self._buffer, self._start, self._end
         frames: list[bytes] = []
-        while True:
-            at = buffer.find(start)
-            if at < 0:
-                drop = max(0, len(buffer) - len(start) + 1)
-                self.noise_bytes += drop
-                del buffer[:drop]
-                break
-            self.noise_bytes += at
-            del buffer[:at]
+        while self._to_start(start):
             content = len(start)
             stop = buffer.find(end, content)
             restart = buffer.find(start, content)
@@ -190,25 +194,19 @@ class MarkerDeframer:
                 continue
             if stop < 0:
                 if len(buffer) > self._max:
-                    self.overflow_bytes += len(buffer)
-                    buffer.clear()
+                    self._overflow_keeping(0)  # one frame, already too long: all of it
                 break
             frames.append(bytes(buffer[content:stop]))
             del buffer[: stop + len(end)]
         return frames
 
-    def reset(self) -> None:
-        self._buffer.clear()
 
-
-class RegexDeframer:
+class RegexDeframer(_Buffered):
     def __init__(self, pattern: bytes, max_length: int = 4096) -> None:
+        super().__init__()
         self._pattern = re.compile(pattern, re.DOTALL)
         self._group: int | str = "frame" if "frame" in self._pattern.groupindex else 0
         self._max = max_length
-        self._buffer = bytearray()
-        self.noise_bytes = 0
-        self.overflow_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
@@ -220,11 +218,6 @@ class RegexDeframer:
             frames.append(bytes(match.group(self._group)))
             begin = match.end()
         del buffer[:begin]
-        if len(buffer) > self._max:
-            drop = len(buffer) - self._max
-            self.overflow_bytes += drop
-            del buffer[:drop]
+        # A match may begin anywhere in what is left: keep the newest max_length bytes.
+        self._overflow_keeping(self._max)
         return frames
-
-    def reset(self) -> None:
-        self._buffer.clear()

@@ -1,8 +1,8 @@
 """The connection of one serial bus: a local port (pyserial) or a TCP serial device server.
 
-This is the only module that imports pyserial; its exceptions (``SerialException``,
-``ValueError`` for settings the port refuses, ``termios.error``) and the OS errors of reads and
-writes are translated into :mod:`drivers.errors` here, in :func:`_open_serial`,
+The port is opened by :func:`drivers.serialport.open_port`, which the Modbus driver shares:
+it translates pyserial's errors into :class:`~drivers.errors.ConnectError` with the same
+reasons for both drivers. The OS errors of reads and writes are translated here, in
 :meth:`_SerialPort._readable` and :meth:`_SerialPort.write`, and nowhere else.
 
 Async I/O without pyserial-asyncio: pyserial only opens and configures the port (termios:
@@ -27,8 +27,6 @@ symlink re-pointed by udev (``/dev/serial/by-id/...``) is followed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
 import os
 from collections import deque
@@ -37,6 +35,7 @@ from typing import Final
 from drivers.errors import ConnectError, DeviceTimeout
 from drivers.serial.config import SerialBus
 from drivers.serial.program import SerialCommand
+from drivers.serialport import LineSettings, OpenPort, open_port
 
 log = logging.getLogger("fieldlink.drivers.serial")
 
@@ -103,13 +102,13 @@ class _Inbox:
 
 
 class _SerialPort:
-    def __init__(self, port: object, fd: int, inbox: _Inbox, where: str) -> None:
-        self._port = port  # the pyserial object: keeps the descriptor (and its lock) alive
-        self._fd = fd
+    def __init__(self, port: OpenPort, inbox: _Inbox, where: str) -> None:
+        self._port = port
+        self._fd = port.fd
         self._inbox = inbox
         self._where = where
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(fd, self._readable)
+        self._loop.add_reader(self._fd, self._readable)
         self._closed = False
 
     def _readable(self) -> None:
@@ -160,8 +159,7 @@ class _SerialPort:
 
     def close(self) -> None:
         self._stop_reading()
-        with contextlib.suppress(Exception):
-            self._port.close()  # type: ignore[attr-defined]
+        self._port.close()
 
 
 class _TcpPort(asyncio.Protocol):
@@ -204,12 +202,17 @@ class SerialLink:
         self._port: _SerialPort | _TcpPort | None = None
         self._inbox = _Inbox()
 
+    def _line(self) -> LineSettings:
+        bus = self._bus
+        return LineSettings(
+            bus.baudrate, bus.bytesize, bus.parity, bus.stopbits, bus.rtscts, bus.xonxoff
+        )
+
     @property
     def description(self) -> str:
         bus = self._bus
         if bus.transport == "serial":
-            framing = f"{bus.bytesize}{bus.parity}{bus.stopbits}"
-            return f"serial {bus.serial_port} {bus.baudrate} {framing}"
+            return f"serial {bus.serial_port} {bus.baudrate} {self._line().framing}"
         return f"serial over tcp {bus.endpoint}"
 
     @property
@@ -225,8 +228,9 @@ class SerialLink:
         await self.close()
         inbox = _Inbox(self.description)
         if self._bus.transport == "serial":
-            port, fd = _open_serial(self._bus)
-            self._port = _SerialPort(port, fd, inbox, str(self._bus.serial_port))
+            path = str(self._bus.serial_port)
+            port = open_port(path, self._line(), where=path)
+            self._port = _SerialPort(port, inbox, path)
         else:
             self._port = await self._open_tcp(inbox)
         self._inbox = inbox
@@ -313,58 +317,3 @@ class SerialLink:
             raise
         finally:
             request.count_dropped(deframer)
-
-
-def _open_serial(bus: SerialBus) -> tuple[object, int]:
-    """Open and configure the port by its path; translate pyserial's errors once, here."""
-    import termios
-
-    import serial  # type: ignore[import-untyped]  # pyserial ships no type hints
-
-    path = str(bus.serial_port)
-    try:
-        port = serial.Serial(
-            path,
-            baudrate=bus.baudrate,
-            bytesize=bus.bytesize,
-            parity=bus.parity,
-            stopbits=bus.stopbits,
-            rtscts=bus.rtscts,
-            xonxoff=bus.xonxoff,
-            timeout=0,
-            exclusive=True,
-        )
-    except (OSError, ValueError, termios.error) as exc:
-        raise ConnectError(f"{path}: {_open_reason(path, bus, exc)}") from exc
-    fd: int = port.fileno()
-    os.set_blocking(fd, False)
-    return port, fd
-
-
-def _open_reason(path: str, bus: SerialBus, exc: Exception) -> str:
-    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-    if isinstance(exc, OSError):
-        code = exc.errno or code
-        text = str(exc)
-        if "exclusively lock" in text:
-            return "in use by another program (the port is locked)"
-        for known in (errno.ENOENT, errno.EACCES, errno.EBUSY, errno.ENODEV, errno.EIO):
-            if f"[Errno {known}]" in text:
-                code = known
-    if code == errno.ENOENT:
-        return "no such port (unplugged? check the path, or /dev/serial/by-id/)"
-    if code == errno.EACCES:
-        return "permission denied (add the agent's user to the `dialout` group)"
-    if code == errno.EINVAL:
-        framing = f"{bus.bytesize}{bus.parity}{bus.stopbits}"
-        hint = (
-            "; a pseudo-terminal takes only 8 data bits and no parity"
-            if os.path.realpath(path).startswith("/dev/pts/")
-            else ""
-        )
-        return f"the port refuses {framing} at {bus.baudrate} bit/s{hint}"
-    if isinstance(exc, ValueError):
-        return f"the port refuses the settings: {exc}"
-    if code:
-        return f"cannot open: {os.strerror(code)}"
-    return f"cannot open: {exc}"
