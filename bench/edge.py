@@ -41,6 +41,8 @@ from rich.console import Console
 
 from bench.farm import Farm, measure_farm, parts_for
 from bench.measure import ProcessSample, group_cpu_seconds, host_cpu_seconds, percentile
+from bench.pinning import label as pin_label
+from bench.pinning import on_cpus, parse_cpus, rest_of
 from bench.profile import start_record, summarise
 from bench.report import RESULTS_DIR, Row, append_results, new_run_id, print_table
 from bench.workload import DEVICES_PER_GATEWAY, Workload, edge_config, naive_spec, to_yaml
@@ -101,6 +103,8 @@ class Settings:
     profile: bool = False
     #: Another checkout of fieldlink, run as the system ``fieldlink-ref`` (``--ref-tree``).
     ref_tree: Path | None = None
+    #: Run the system under test on these CPUs, everything else on the rest (``--system-cpus``).
+    system_cpus: frozenset[int] | None = None
 
 
 class BenchError(RuntimeError):
@@ -158,11 +162,16 @@ def _tail(path: Path, chars: int = 1500) -> str:
 
 @contextlib.contextmanager
 def _running(
-    argv: list[str], log: Path, stdout_pipe: bool = False, cwd: Path = ROOT
+    argv: list[str],
+    log: Path,
+    stdout_pipe: bool = False,
+    cwd: Path = ROOT,
+    cpus: frozenset[int] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` in ``cwd``: ``python -m fieldlink`` imports the tree it is started in
-    (``sys.path[0]``), which is how ``--ref-tree`` runs another checkout's agent."""
-    with log.open("wb") as out:
+    """Run ``argv`` in ``cwd`` (on ``cpus``, if given): ``python -m fieldlink`` imports the
+    tree it is started in (``sys.path[0]``), which is how ``--ref-tree`` runs another
+    checkout's agent."""
+    with log.open("wb") as out, on_cpus(cpus):
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -256,7 +265,7 @@ def run_system(system: str, workload: Workload, farm: Farm, settings: Settings) 
             log = workdir / f"{system}.log"
             started = time.monotonic()
             cwd = settings.ref_tree if system == REF_SYSTEM and settings.ref_tree else ROOT
-            with _running(argv, log, cwd=cwd) as proc:
+            with _running(argv, log, cwd=cwd, cpus=settings.system_cpus) as proc:
 
                 def alive() -> str | None:
                     if proc.poll() is not None:
@@ -288,7 +297,12 @@ def run_system(system: str, workload: Workload, farm: Farm, settings: Settings) 
             if not sub_out.exists():
                 raise BenchError(f"subscriber wrote nothing: {_tail(workdir / 'subscriber.log')}")
             received = json.loads(sub_out.read_bytes())
-    return _row(system, workload, measured, received, startup_s, farm.parts)
+    row = _row(system, workload, measured, received, startup_s, farm.parts)
+    if settings.system_cpus is not None:
+        row.figures["system_cpus"] = pin_label(settings.system_cpus)
+        pinned = f"system on CPU {pin_label(settings.system_cpus)}"
+        row.notes = f"{row.notes}; {pinned}" if row.notes else pinned
+    return row
 
 
 def _finish_profile(
@@ -609,6 +623,23 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _pin(text: str | None, console: Console) -> frozenset[int] | None:
+    """``--system-cpus``: move this process (and so the farm, the brokers and the
+    subscribers it starts) off the CPUs the systems under test will run on."""
+    if not text:
+        return None
+    try:
+        cpus = parse_cpus(text)
+    except ValueError as exc:
+        raise SystemExit(f"bench edge: --system-cpus: {exc}") from None
+    os.sched_setaffinity(0, rest_of(cpus))
+    console.print(
+        f"systems under test on CPU {pin_label(cpus)}, farm, brokers and subscribers on CPU "
+        f"{pin_label(rest_of(cpus))}"
+    )
+    return cpus
+
+
 def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     console = console_for_output()
@@ -641,6 +672,7 @@ def run(args: argparse.Namespace) -> int:
         wait_idle=args.wait_idle,
         profile=args.profile,
         ref_tree=args.ref_tree,
+        system_cpus=_pin(args.system_cpus, console),
     )
     run_id = new_run_id()
     rows: list[Row] = []
@@ -755,6 +787,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="DIR",
         help="also run the agent of another fieldlink checkout (e.g. a copy of the tree before "
         f"a change) as system {REF_SYSTEM}, first, on the same farm",
+    )
+    parser.add_argument(
+        "--system-cpus",
+        metavar="CPUS",
+        help="run each system under test on these CPUs (e.g. 1) and the farm, brokers and "
+        "subscribers on the rest: on a small host, one core that is the system's alone, so "
+        "--max finds what it sustains on one core (bench/pinning.py; default: no pinning)",
     )
     parser.add_argument("--workdir", type=Path, help="keep configs and logs here")
     parser.add_argument("--keep", action="store_true", help="do not delete the work dir")
