@@ -26,16 +26,15 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import paho.mqtt.client as paho
 import yaml
-from helpers import async_wait_for
+from helpers import InfluxDatabase, async_wait_for, every
 from paho.mqtt.enums import CallbackAPIVersion
 
 from config.sim import SimConfig
@@ -52,6 +51,8 @@ UINT_POINTS = 90
 FLOAT_POINTS = 10
 POINTS = UINT_POINTS + FLOAT_POINTS
 RATE = POINTS / INTERVAL
+#: The smallest spool.max_bytes the config allows: ~10 messages of ~6 KB.
+TINY_SPOOL = 65_536
 #: point → the constant the meter holds; the float32 ones are exact in binary (x.25).
 EXPECTED: dict[str, float] = {f"u{i:02d}": float(1000 + 7 * i) for i in range(UINT_POINTS)} | {
     f"f{i}": 230.25 + i for i in range(FLOAT_POINTS)
@@ -213,6 +214,10 @@ class Fieldlink:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def lines(self, needle: str) -> list[str]:
+        """The lines of its log that contain ``needle``."""
+        return [line for line in self.text().splitlines() if needle in line]
+
     async def wait_log(self, needle: str, wait_s: float = 30.0) -> None:
         await async_wait_for(
             lambda: needle in self.text(), timeout=wait_s, message=f"{self.name} log: {needle!r}"
@@ -230,7 +235,8 @@ class Fieldlink:
 
 
 class Processes:
-    """Starts fieldlink processes and kills whatever still runs when the block exits."""
+    """Starts fieldlink processes; :meth:`aclose` kills whatever still runs (use it as
+    ``async with contextlib.aclosing(Processes(tmp_path)) as procs``)."""
 
     def __init__(self, tmp_path: Path) -> None:
         self._tmp = tmp_path
@@ -249,22 +255,14 @@ class Processes:
         self._all.append(process)
         return await process.start()
 
-    async def __aenter__(self) -> Processes:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         for process in self._all:
             await process.cleanup()
 
 
 def agent_summary(agent: Fieldlink) -> dict[str, int]:
     """The numbers of the agent's last "agent stopped" line."""
-    lines = [line for line in agent.text().splitlines() if "agent stopped:" in line]
+    lines = agent.lines("agent stopped:")
     assert lines, f"no 'agent stopped' line in {agent.log}"
     numbers = [int(n) for n in re.findall(r"\d+", lines[-1].split("agent stopped:")[1])]
     keys = ("readings", "messages", "republished", "confirmed", "dropped")
@@ -272,7 +270,7 @@ def agent_summary(agent: Fieldlink) -> dict[str, int]:
 
 
 def ingester_summary(ingester: Fieldlink) -> str:
-    lines = [line for line in ingester.text().splitlines() if "ingester stopped:" in line]
+    lines = ingester.lines("ingester stopped:")
     assert lines, f"no 'ingester stopped' line in {ingester.log}"
     return lines[-1].split("ingester stopped:")[1].strip()
 
@@ -337,6 +335,21 @@ def snapshot_spool(path: Path, scratch: Path) -> SpoolState | None:
         return read_spool(copy)
     except (OSError, sqlite3.Error, TypeError):
         return None
+
+
+async def spool_state_when(
+    run: Run, predicate: Callable[[SpoolState], bool], what: str, wait_s: float = 60.0
+) -> SpoolState:
+    """A snapshot of the running agent's spool once ``predicate(state)`` holds (a torn copy
+    is taken again)."""
+
+    async def probe() -> SpoolState | None:
+        state = await asyncio.to_thread(snapshot_spool, run.spool, run.scratch)
+        return state if state is not None and predicate(state) else None
+
+    found = await async_wait_for(probe, timeout=wait_s, interval=0.5, message=what)
+    assert found is not None
+    return found
 
 
 # --- InfluxDB -------------------------------------------------------------------------------
@@ -551,6 +564,17 @@ def verify(store: Store, last_seq: int, *, dropped: Iterable[int] = ()) -> Deliv
 # --- MQTT observer --------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """What the :class:`Observer` had counted at one moment."""
+
+    #: The agent's publishes, republishes included.
+    publishes: int
+    highest_seq: int
+    #: The broker's last reported count of messages it dropped.
+    broker_dropped: int
+
+
 class Observer:
     """A plain subscriber to the agent's data and confirm topics: what the agent published
     (every publish, republishes included) and what the ingester confirmed, with the times;
@@ -608,77 +632,15 @@ class Observer:
         with self._lock:
             return {seq: n for seq, n in self.published.items() if n > 1}
 
+    def traffic(self) -> Traffic:
+        with self._lock:
+            return Traffic(
+                sum(self.published.values()), max(self.published, default=0), self.broker_dropped
+            )
+
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-
-
-# --- outages --------------------------------------------------------------------------------
-
-
-@dataclass
-class Outage:
-    seconds: float
-    rss_kib: list[int] = field(default_factory=list)
-    spool: list[SpoolState] = field(default_factory=list)
-    watermarks: list[int] = field(default_factory=list)
-    started_ns: int = 0
-    ended_ns: int = 0
-
-    @property
-    def rss_spread_mib(self) -> float:
-        return (max(self.rss_kib) - min(self.rss_kib)) / 1024
-
-    def report(self) -> None:
-        rss = [round(k / 1024, 1) for k in self.rss_kib]
-        say(f"outage {self.seconds:.1f} s; agent RSS (MiB) every second: {rss}")
-        say(f"agent RSS spread during the outage: {self.rss_spread_mib:.1f} MiB")
-        if self.spool:
-            last = self.spool[-1]
-            peak = max(s.payload_bytes for s in self.spool)
-            say(
-                f"spool sampled {len(self.spool)}x: at the end {last.entries} message(s), "
-                f"{last.readings} readings, {last.payload_bytes} payload bytes; peak "
-                f"{peak} bytes; next seq {last.next_seq}"
-            )
-
-
-async def hold(
-    seconds: float,
-    *,
-    agent: Fieldlink | None = None,
-    spool: Path | None = None,
-    scratch: Path | None = None,
-    observer: Observer | None = None,
-) -> Outage:
-    """Let an outage last ``seconds`` on the event loop's clock (the scenario is defined by
-    wall time), sampling the agent's RSS, a copy of its spool and the watermark each second."""
-    loop = asyncio.get_running_loop()
-    outage = Outage(seconds, started_ns=time.time_ns())
-    start = loop.time()
-    tick = 0
-    while True:
-        if agent is not None and agent.running:
-            outage.rss_kib.append(agent.rss_kib())
-        if spool is not None and scratch is not None:
-            state = await asyncio.to_thread(snapshot_spool, spool, scratch)
-            if state is not None:
-                outage.spool.append(state)
-        if observer is not None:
-            outage.watermarks.append(observer.watermark())
-        tick += 1
-        now = loop.time()
-        if now >= start + seconds:
-            break
-        await asyncio.sleep(min(start + tick, start + seconds) - now)
-    outage.ended_ns = time.time_ns()
-    return outage
-
-
-def in_thread(fn: Any, *args: Any) -> Any:
-    """Blocking service control (broker/InfluxDB stop and start) off the event loop, so the
-    simulated meter in this loop keeps answering."""
-    return asyncio.to_thread(fn, *args)
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -705,13 +667,27 @@ class Run:
         self.maybe_ingester = await self.procs.ingester(self.cloud_config)
         return self.maybe_ingester
 
+    async def restart_agent(self, log: str = "agent-restarted.log") -> Fieldlink:
+        """A new agent process on the same config (as it is on disk now) and spool; the
+        previous one must have exited."""
+        self.agent = await self.procs.agent(self.agent_config, log=log)
+        return self.agent
+
+    async def kill_agent_and_restart(self) -> SpoolState:
+        """kill -9 the agent and start it again, until the new one has taken up the messages
+        the killed one left; the spool as the killed agent left it."""
+        await self.agent.kill()
+        left = read_spool(self.spool)  # unlocked now: the process is gone
+        await self.restart_agent()
+        await self.agent.wait_log("waiting from earlier runs")
+        return left
+
 
 @contextlib.asynccontextmanager
 async def pipeline(
     tmp_path: Path,
     broker: Mosquitto,
-    influx: InfluxDB1,
-    database: str,
+    db: InfluxDatabase,
     *,
     max_bytes: int | None = None,
     receive_maximum: int | None = None,
@@ -723,20 +699,23 @@ async def pipeline(
     whatever still runs then is killed (a passing test has stopped them itself).
     ``agent_mqtt``/``cloud_mqtt``: more settings of their mqtt sections (credentials...);
     ``ingester=False``: the test starts it itself (``await run.start_ingester()``)."""
-    async with SimPlant(sim_config()) as plant, Processes(tmp_path) as procs:
+    async with (
+        SimPlant(sim_config()) as plant,
+        contextlib.aclosing(Processes(tmp_path)) as procs,
+    ):
         port = plant.endpoints()[DEVICE][1]
         config, spool = agent_file(tmp_path, broker, port, max_bytes=max_bytes, mqtt=agent_mqtt)
         cloud = cloud_file(
             tmp_path,
             broker,
-            influx,
-            database,
+            db.service,
+            db.name,
             receive_maximum=receive_maximum,
             mqtt_extra=cloud_mqtt,
         )
         started = await procs.ingester(cloud) if ingester else None
         agent = await procs.agent(config)
-        store = Store(influx, database)
+        store = Store(db.service, db.name)
         yield Run(agent, started, config, cloud, spool, store, procs, tmp_path / "spool-copy")
 
 
@@ -776,3 +755,233 @@ async def finish(run: Run, *, dropped: set[int] | None = None) -> Finished:
     )
     say(f"ingester: {ingester_summary(run.ingester)}")
     return Finished(delivered, state, summary)
+
+
+# --- outages --------------------------------------------------------------------------------
+#
+# Every outage scenario is the same choreography: a steady pipeline, a peer stopped for a stated
+# time (maybe with the agent killed and restarted meanwhile), the peer started again, a wait
+# until InfluxDB has caught up, :func:`finish`. :func:`peer_outage` plays the first part and
+# records what it saw; :func:`backlog_stored` or :func:`losses_reported` is the wait.
+
+
+class Peer(Protocol):
+    """What an outage takes away and gives back: a :class:`Mosquitto` or :class:`InfluxDB1`
+    of the test's own, or a process frozen in place (:class:`Paused`). Both calls block."""
+
+    def stop(self) -> None: ...
+
+    def start(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class Paused:
+    """A fieldlink process as an outage's peer: SIGSTOP, later SIGCONT. It keeps its
+    connections and all it holds; it only takes nothing in meanwhile."""
+
+    process: Fieldlink
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def stop(self) -> None:
+        self.process.send(signal.SIGSTOP)
+
+    def start(self) -> None:
+        self.process.send(signal.SIGCONT)
+
+
+@dataclass
+class Outage:
+    """One outage of a peer and what it did to the agent, sampled each second."""
+
+    #: What was down ("mosquitto", "influxd", "ingester") and for how long.
+    peer: str
+    seconds: float
+    #: The running agent's RSS at each sample (after a kill: the restarted agent's only).
+    rss_kib: list[int] = field(default_factory=list)
+    #: Copies of the spool, one a second (a torn copy is skipped).
+    spool: list[SpoolState] = field(default_factory=list)
+    #: The observer's watermark at each sample (with ``peer_outage(..., observer=...)``).
+    watermarks: list[int] = field(default_factory=list)
+    #: Wall clock (sample time) as the sampling began and ended: which polls fell into it.
+    started_ns: int = 0
+    ended_ns: int = 0
+    #: ``time.monotonic()`` just after the peer went down, and just before it came back.
+    down_at: float = 0.0
+    back_at: float = 0.0
+    #: The spool just after the peer came back: its ``next_seq - 1`` ends the backlog.
+    returned: SpoolState | None = None
+    #: The spool the agent killed during the outage left (``agent_killed_after``).
+    left_by_killed: SpoolState | None = None
+    #: The observer's counts just after the peer went down and just after it came back.
+    traffic_down: Traffic | None = None
+    traffic_back: Traffic | None = None
+    #: Seconds from the peer's return until InfluxDB had caught up (set by the wait).
+    drain_s: float = 0.0
+
+    @property
+    def backlog_last(self) -> int:
+        """The last seq the agent had spooled when the peer came back."""
+        assert self.returned is not None, "the peer has not come back"
+        return self.returned.next_seq - 1
+
+    @property
+    def at_kill(self) -> SpoolState:
+        assert self.left_by_killed is not None, "the agent was not killed"
+        return self.left_by_killed
+
+    def traffic(self) -> tuple[Traffic, Traffic]:
+        """The observer's counts as the peer went down and as it came back."""
+        assert self.traffic_down is not None and self.traffic_back is not None, "no observer"
+        return self.traffic_down, self.traffic_back
+
+    @property
+    def rss_spread_mib(self) -> float:
+        return (max(self.rss_kib) - min(self.rss_kib)) / 1024
+
+    def polls_stored(self, done: Finished) -> int:
+        """How many of the meter's polls sampled during the outage are in InfluxDB."""
+        return done.delivered.polls_between(self.started_ns, self.ended_ns)
+
+    def report(self, done: Finished | None = None) -> None:
+        rss = [round(k / 1024, 1) for k in self.rss_kib]
+        say(f"{self.peer} down {self.seconds:.1f} s; agent RSS (MiB) every second: {rss}")
+        if self.rss_kib:
+            say(f"agent RSS spread during the outage: {self.rss_spread_mib:.1f} MiB")
+        if self.spool:
+            last = self.spool[-1]
+            peak = max(s.payload_bytes for s in self.spool)
+            say(
+                f"spool sampled {len(self.spool)}x: at the end {last.entries} message(s), "
+                f"{last.readings} readings, {last.payload_bytes} payload bytes; peak "
+                f"{peak} bytes; next seq {last.next_seq}"
+            )
+        if self.returned is not None:
+            say(
+                f"{self.peer} back: backlog up to seq {self.backlog_last} stored "
+                f"{self.drain_s:.1f} s later"
+            )
+        if done is not None:
+            say(
+                f"polls stored from the outage: {self.polls_stored(done)} of "
+                f"{self.seconds / INTERVAL:.0f} slots"
+            )
+
+
+async def hold(seconds: float) -> None:
+    """Let ``seconds`` of wall time pass: a window the scenario defines (say, to count
+    reconnect attempts in), not a wait for a condition. The event loop keeps running, so the
+    simulated meter keeps answering."""
+    await asyncio.sleep(seconds)
+
+
+def in_thread(fn: Any, *args: Any) -> Any:
+    """Blocking service control (broker/InfluxDB stop and start) off the event loop, so the
+    simulated meter in this loop keeps answering."""
+    return asyncio.to_thread(fn, *args)
+
+
+async def _sample(outage: Outage, run: Run, seconds: float, observer: Observer | None) -> None:
+    """Let ``seconds`` of the outage pass on the event loop's clock (the scenario is defined
+    by wall time), sampling the agent's RSS, a copy of its spool and the watermark each
+    second."""
+    if not outage.started_ns:
+        outage.started_ns = time.time_ns()
+    async for _ in every(1.0, seconds):
+        if run.agent.running:
+            outage.rss_kib.append(run.agent.rss_kib())
+        state = await asyncio.to_thread(snapshot_spool, run.spool, run.scratch)
+        if state is not None:
+            outage.spool.append(state)
+        if observer is not None:
+            outage.watermarks.append(observer.watermark())
+    outage.ended_ns = time.time_ns()
+
+
+async def peer_outage(
+    run: Run,
+    peer: Peer,
+    seconds: float,
+    *,
+    agent_killed_after: float | None = None,
+    observer: Observer | None = None,
+) -> Outage:
+    """Once the pipeline is steady (:func:`steady`): ``peer`` stopped for ``seconds``, sampled
+    each second, then started again. With ``agent_killed_after``, that many seconds into the
+    outage the agent is killed (kill -9) and started again on its spool
+    (:meth:`Run.kill_agent_and_restart`). Wait for the backlog next: :func:`backlog_stored`
+    or :func:`losses_reported`."""
+    await steady(run)
+    outage = Outage(getattr(peer, "name", type(peer).__name__), seconds)
+    await in_thread(peer.stop)
+    outage.down_at = time.monotonic()
+    if observer is not None:
+        outage.traffic_down = observer.traffic()
+    if agent_killed_after is None:
+        await _sample(outage, run, seconds, observer)
+    else:
+        await _sample(outage, run, agent_killed_after, observer)
+        outage.left_by_killed = await run.kill_agent_and_restart()
+        outage.rss_kib.clear()
+        await _sample(outage, run, seconds - agent_killed_after, observer)
+    outage.back_at = time.monotonic()
+    await in_thread(peer.start)
+    if observer is not None:
+        outage.traffic_back = observer.traffic()
+    outage.returned = await spool_state_when(run, lambda _: True, "a readable copy of the spool")
+    return outage
+
+
+async def backlog_stored(
+    run: Run, outage: Outage, *, up_to: int | None = None, wait_s: float
+) -> None:
+    """Until InfluxDB holds every seq up to ``up_to`` (by default the last one the agent had
+    spooled when the peer came back); records how long that took as ``outage.drain_s``."""
+    last = outage.backlog_last if up_to is None else up_to
+    await wait_delivered(run.store, last, wait_s=wait_s)
+    outage.drain_s = time.monotonic() - outage.back_at
+
+
+@dataclass(frozen=True)
+class Losses:
+    """The seqs InfluxDB misses and the seqs its gap records name; true once it holds the
+    backlog's last seq and every missing seq is named (a failed wait shows the last one)."""
+
+    missing: set[int]
+    named: set[int]
+    caught_up: bool
+
+    def __bool__(self) -> bool:
+        return self.caught_up and self.missing <= self.named
+
+    def __repr__(self) -> str:
+        return (
+            f"Losses(caught up: {self.caught_up}; missing {ranges(self.missing)}; named by "
+            f"gap records {ranges(self.named)})"
+        )
+
+
+async def losses_reported(run: Run, outage: Outage, *, wait_s: float = 120.0) -> set[int]:
+    """For an outage during which a spool cap dropped messages: until InfluxDB holds the
+    backlog (everything up to the agent's last seq when the peer came back) but the dropped
+    messages, and gap records name each one of those; the missing seqs. Records the time it
+    took as ``outage.drain_s``."""
+    target = outage.backlog_last
+
+    def probe() -> Losses:
+        seqs = run.store.seqs()
+        top = max(seqs, default=0)
+        missing = set(range(1, max(top, target) + 1)) - seqs
+        named = {s for g in gap_records(run.store) for s in range(g.first_seq, g.last_seq + 1)}
+        return Losses(missing, named, caught_up=top >= target)
+
+    losses: Losses = await async_wait_for(
+        lambda: asyncio.to_thread(probe),
+        timeout=wait_s,
+        interval=0.5,
+        message=f"every seq up to {target} in InfluxDB or named by a gap record",
+    )
+    outage.drain_s = time.monotonic() - outage.back_at
+    return losses.missing

@@ -6,14 +6,18 @@ else (slow); these poll quickly and fail with a message saying what never happen
     from helpers import async_wait_for, wait_for
 
     rows = wait_for(lambda: vm.export(selector), timeout=10, message="point not in VM")
+
+The one kind of deliberate wait is a stretch of wall time a scenario itself defines ("InfluxDB
+is down for 60 s"): :func:`every` paces it, so no test writes a ``sleep`` of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, overload
 
@@ -25,9 +29,55 @@ S = TypeVar("S", bound=Service)
 DEFAULT_TIMEOUT = 10.0
 
 
-def _failure(message: str, timeout: float, last: object, error: BaseException | None) -> str:
-    detail = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
-    return f"timed out after {timeout:g}s waiting for: {message} ({detail})"
+class _Poll:
+    """The deadline of one ``wait_for``/``async_wait_for`` call and its last "not yet": a
+    falsy result, or an exception of the ``ignore`` types."""
+
+    def __init__(
+        self,
+        timeout: float,
+        interval: float,
+        message: str,
+        ignore: tuple[type[BaseException], ...],
+    ) -> None:
+        self.timeout = timeout
+        self.interval = interval
+        self.message = message
+        self.ignore = ignore
+        self.deadline = time.monotonic() + timeout
+        self.last: object = None
+        self.error: BaseException | None = None
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """One call of the predicate: an exception of the ``ignore`` types counts as "not
+        yet"; any other propagates at once."""
+        try:
+            yield
+        except self.ignore as exc:
+            self.error = exc
+
+    def settled(self, result: object) -> bool:
+        """Whether ``result`` ends the wait; if not, it is the last value a failure names."""
+        if result:
+            return True
+        self.last, self.error = result, None
+        return False
+
+    def pause(self) -> float:
+        """How long to sleep before the next attempt; an ``AssertionError`` naming the
+        message and the last value (or error) once the deadline has passed."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            detail = (
+                f"last error: {self.error!r}"
+                if self.error is not None
+                else f"last value: {self.last!r}"
+            )
+            raise AssertionError(
+                f"timed out after {self.timeout:g}s waiting for: {self.message} ({detail})"
+            ) from self.error
+        return min(self.interval, remaining)
 
 
 def wait_for(
@@ -43,22 +93,13 @@ def wait_for(
     server restarts); any other exception propagates at once. After ``timeout`` seconds
     this fails with an ``AssertionError`` naming ``message`` and the last result.
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
+    poll = _Poll(timeout, interval, message, ignore)
     while True:
-        try:
+        with poll.attempt():
             result = predicate()
-        except ignore as exc:
-            error = exc
-        else:
-            if result:
+            if poll.settled(result):
                 return result
-            last, error = result, None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(_failure(message, timeout, last, error)) from error
-        time.sleep(min(interval, remaining))
+        time.sleep(poll.pause())
 
 
 @overload
@@ -93,23 +134,33 @@ async def async_wait_for(
 
     ``predicate`` may be a plain function or a coroutine function.
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    error: BaseException | None = None
+    poll = _Poll(timeout, interval, message, ignore)
     while True:
-        try:
+        with poll.attempt():
             outcome = predicate()
-            result = await outcome if inspect.isawaitable(outcome) else outcome
-        except ignore as exc:
-            error = exc
-        else:
-            if result:
-                return result
-            last, error = result, None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(_failure(message, timeout, last, error)) from error
-        await asyncio.sleep(min(interval, remaining))
+            value = await outcome if inspect.isawaitable(outcome) else outcome
+            if poll.settled(value):
+                return value
+        await asyncio.sleep(poll.pause())
+
+
+async def every(period: float, lasting: float) -> AsyncIterator[float]:
+    """Pace a stretch of wall time that a scenario defines (an outage of 60 s, a window to
+    count reconnects in), not a wait for a condition (that is :func:`async_wait_for`).
+
+    Yields the seconds since the start at 0, ``period``, 2 × ``period``, ... on the event
+    loop's clock, and once more when ``lasting`` seconds have passed; then it ends. The time
+    the caller spends between yields counts, so the stretch does not drift."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    tick = 0
+    while True:
+        yield loop.time() - start
+        tick += 1
+        now = loop.time()
+        if now >= start + lasting:
+            return
+        await asyncio.sleep(min(start + tick * period, start + lasting) - now)
 
 
 class InfluxDatabase(NamedTuple):

@@ -14,26 +14,24 @@ The numbers (readings, messages, seqs, outage, drain time, RSS) are printed: run
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import time
+import contextlib
 from pathlib import Path
 
 import pytest
 from delivery_helpers import (
     INTERVAL,
     RATE,
+    TINY_SPOOL,
     Observer,
+    Paused,
+    backlog_stored,
     finish,
     gap_records,
-    hold,
-    in_thread,
+    losses_reported,
+    peer_outage,
     pipeline,
     ranges,
-    read_spool,
     say,
-    steady,
-    wait_delivered,
 )
 from helpers import InfluxDatabase, ServiceFactory
 
@@ -45,6 +43,8 @@ OUTAGE_SECONDS = 60
 #: recover after a kill -9, a broker queue of 10 overrun ~8 times over, a 64 KiB spool turned
 #: over ~6 times. Longer would only cost time (all five together must stay under 8 minutes).
 SHORT_OUTAGE_SECONDS = 20
+#: Scenario 2: the agent is killed halfway through the outage.
+KILLED_AFTER_SECONDS = SHORT_OUTAGE_SECONDS / 2
 #: Bound on the agent's RSS growth during an outage. Everything the outage accumulates goes to
 #: the spool on disk; in memory stay LIVE_WINDOW (64) messages of ~6 KB, the bookkeeping of
 #: published, unconfirmed seqs (a few hundred), SQLite's page cache (at most 2 MiB by default)
@@ -56,8 +56,6 @@ RSS_SPREAD_BOUND_MIB = 8
 #: Scenario 3: the ingester's mqtt.receive_maximum, and the broker's queue behind it.
 INFLIGHT = 20
 QUEUED = 10
-#: The smallest spool.max_bytes the config allows.
-TINY_SPOOL = 65_536
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,23 +64,13 @@ async def test_broker_outage_of_60_s_loses_nothing_and_agent_memory_stays_flat(
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    loop = asyncio.get_running_loop()
-    async with pipeline(tmp_path, broker, influx_db.service, influx_db.name) as run:
-        await steady(run)
-        await in_thread(broker.stop)
-        outage = await hold(OUTAGE_SECONDS, agent=run.agent, spool=run.spool, scratch=run.scratch)
-        back = loop.time()
-        await in_thread(broker.start)
-        backlog_last = outage.spool[-1].next_seq - 1
-        await wait_delivered(run.store, backlog_last, wait_s=150)
-        drain = loop.time() - back
+    async with pipeline(tmp_path, broker, influx_db) as run:
+        outage = await peer_outage(run, broker, OUTAGE_SECONDS)
+        await backlog_stored(run, outage, wait_s=150)
         done = await finish(run)
-    outage.report()
-    say(f"broker back: backlog up to seq {backlog_last} stored {drain:.1f} s later")
-    polls = done.delivered.polls_between(outage.started_ns, outage.ended_ns)
-    say(f"polls stored from the outage: {polls} of {OUTAGE_SECONDS / INTERVAL:.0f} slots")
+    outage.report(done)
     # The meter kept being read during the outage, and all of it arrived.
-    assert polls >= 0.9 * OUTAGE_SECONDS / INTERVAL
+    assert outage.polls_stored(done) >= 0.9 * OUTAGE_SECONDS / INTERVAL
     assert done.delivered.rate > 0.9 * RATE
     # What accumulated went to disk, not to memory.
     assert outage.spool[-1].readings >= 0.9 * OUTAGE_SECONDS * RATE
@@ -93,34 +81,23 @@ async def test_agent_killed_during_an_outage_delivers_its_backlog_after_restart(
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    loop = asyncio.get_running_loop()
-    async with pipeline(tmp_path, broker, influx_db.service, influx_db.name) as run:
-        await steady(run)
-        await in_thread(broker.stop)
-        before = await hold(SHORT_OUTAGE_SECONDS / 2)
-        await run.agent.kill()
-        at_kill = read_spool(run.spool)  # unlocked now: the process is gone
-        run.agent = await run.procs.agent(run.agent_config, log="agent-restarted.log")
-        await run.agent.wait_log("waiting from earlier runs")
-        after = await hold(
-            SHORT_OUTAGE_SECONDS / 2, agent=run.agent, spool=run.spool, scratch=run.scratch
+    async with pipeline(tmp_path, broker, influx_db) as run:
+        outage = await peer_outage(
+            run, broker, SHORT_OUTAGE_SECONDS, agent_killed_after=KILLED_AFTER_SECONDS
         )
-        back = loop.time()
-        await in_thread(broker.start)
-        backlog_last = after.spool[-1].next_seq - 1
-        await wait_delivered(run.store, backlog_last, wait_s=120)
-        drain = loop.time() - back
+        await backlog_stored(run, outage, wait_s=120)
         done = await finish(run)
+    at_kill = outage.at_kill
     say(
-        f"kill -9 after {before.seconds:.0f} s of a {SHORT_OUTAGE_SECONDS} s broker outage: "
-        f"{at_kill.entries} message(s), {at_kill.readings} readings in the spool, next seq "
-        f"{at_kill.next_seq}"
+        f"kill -9 after {KILLED_AFTER_SECONDS:.0f} s of a {SHORT_OUTAGE_SECONDS} s broker "
+        f"outage: {at_kill.entries} message(s), {at_kill.readings} readings in the spool, next "
+        f"seq {at_kill.next_seq}"
     )
-    restarted = [line for line in run.agent.text().splitlines() if "earlier runs" in line]
+    restarted = run.agent.lines("earlier runs")
     say(f"restarted agent: {restarted[0].split(': ', 1)[1]}")
-    say(f"broker back: backlog up to seq {backlog_last} stored {drain:.1f} s later")
+    outage.report()
     # The spool carried the killed agent's backlog over the restart...
-    assert at_kill.readings >= 0.8 * before.seconds * RATE
+    assert at_kill.readings >= 0.8 * KILLED_AFTER_SECONDS * RATE
     assert f"{at_kill.entries} message(s) waiting from earlier runs" in restarted[0]
     # ...and the seqs went on where the killed agent stopped (finish() proved every seq
     # 1..last stored, with whole polls, and seqs never going down in sample time: none was
@@ -132,33 +109,23 @@ async def test_stopped_ingester_and_a_broker_dropping_past_its_queue_lose_nothin
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto, extra_config=f"max_queued_messages {QUEUED}\nsys_interval 1")
-    observer = Observer(broker)
-    loop = asyncio.get_running_loop()
-    try:
+    with contextlib.closing(Observer(broker)) as observer:
         # The broker sends an MQTT 5 client up to its Receive Maximum unacknowledged: with
         # the ingester's default (1000) a 20 s stop fills its socket, never the broker's queue.
         # With 20 (four batches of 1,000 readings per write), the broker queues and drops.
-        async with pipeline(
-            tmp_path, broker, influx_db.service, influx_db.name, receive_maximum=INFLIGHT
-        ) as run:
-            await steady(run)
-            run.ingester.send(signal.SIGSTOP)
-            stopped_at = time.monotonic()
-            published_before = sum(observer.published.values())
-            outage = await hold(SHORT_OUTAGE_SECONDS, agent=run.agent, observer=observer)
-            run.ingester.send(signal.SIGCONT)
-            back = loop.time()
-            published_during = sum(observer.published.values()) - published_before
-            dropped_by_broker = observer.broker_dropped
+        async with pipeline(tmp_path, broker, influx_db, receive_maximum=INFLIGHT) as run:
+            outage = await peer_outage(
+                run, Paused(run.ingester), SHORT_OUTAGE_SECONDS, observer=observer
+            )
+            at_stop, at_return = outage.traffic()
             # Every message the agent published during the stop (the observer saw them all).
-            target = max(observer.published)
-            await wait_delivered(run.store, target, wait_s=120)
-            drain = loop.time() - back
+            target = at_return.highest_seq
+            await backlog_stored(run, outage, up_to=target, wait_s=120)
             done = await finish(run)
-    finally:
-        observer.close()
+    published_during = at_return.publishes - at_stop.publishes
+    dropped_by_broker = at_return.broker_dropped
     republished = observer.republished()
-    after_stop = [w for t, w in observer.watermarks if t >= stopped_at]
+    after_stop = [w for t, w in observer.watermarks if t >= outage.down_at]
     dropped_lines = broker.log_path.read_text().count(
         "Outgoing messages are being dropped for client ingester-1"
     )
@@ -174,7 +141,8 @@ async def test_stopped_ingester_and_a_broker_dropping_past_its_queue_lose_nothin
     )
     say(
         f"republished: {len(republished)} seq(s), {sum(republished.values())} publishes in all "
-        f"(most: {max(republished.values(), default=0)}x); all stored {drain:.1f} s after SIGCONT"
+        f"(most: {max(republished.values(), default=0)}x); all stored "
+        f"{outage.drain_s:.1f} s after SIGCONT"
     )
     # The watermark stalled: from the second sample on (the first is taken as the stop lands)
     # nothing new was confirmed while the ingester was stopped.
@@ -192,26 +160,14 @@ async def test_influxdb_outage_of_60_s_loses_nothing(
 ) -> None:
     broker = make_service(Mosquitto)
     private_influxdb1.create_database("delivery")
-    loop = asyncio.get_running_loop()
-    async with pipeline(tmp_path, broker, private_influxdb1, "delivery") as run:
-        await steady(run)
-        await in_thread(private_influxdb1.stop)
-        outage = await hold(OUTAGE_SECONDS, agent=run.agent, spool=run.spool, scratch=run.scratch)
-        back = loop.time()
-        await in_thread(private_influxdb1.start)
-        backlog_last = outage.spool[-1].next_seq - 1
-        await wait_delivered(run.store, backlog_last, wait_s=150)
-        drain = loop.time() - back
+    async with pipeline(tmp_path, broker, InfluxDatabase(private_influxdb1, "delivery")) as run:
+        outage = await peer_outage(run, private_influxdb1, OUTAGE_SECONDS)
+        await backlog_stored(run, outage, wait_s=150)
         done = await finish(run)
-    outage.report()
+    outage.report(done)
     retries = run.ingester.text().count("write of ")
-    say(
-        f"InfluxDB back: backlog up to seq {backlog_last} stored {drain:.1f} s later; the "
-        f"ingester logged {retries} failed writes"
-    )
-    polls = done.delivered.polls_between(outage.started_ns, outage.ended_ns)
-    say(f"polls stored from the outage: {polls} of {OUTAGE_SECONDS / INTERVAL:.0f} slots")
-    assert polls >= 0.9 * OUTAGE_SECONDS / INTERVAL
+    say(f"the ingester logged {retries} failed writes")
+    assert outage.polls_stored(done) >= 0.9 * OUTAGE_SECONDS / INTERVAL
     assert retries >= 1, "the ingester never failed a write: the scenario did not happen"
     assert outage.rss_spread_mib < RSS_SPREAD_BOUND_MIB, outage.rss_kib
 
@@ -220,40 +176,9 @@ async def test_spool_cap_drops_the_oldest_counts_them_and_reports_the_gap(
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    loop = asyncio.get_running_loop()
-    async with pipeline(
-        tmp_path, broker, influx_db.service, influx_db.name, max_bytes=TINY_SPOOL
-    ) as run:
-        await steady(run)
-        await in_thread(broker.stop)
-        outage = await hold(
-            SHORT_OUTAGE_SECONDS, agent=run.agent, spool=run.spool, scratch=run.scratch
-        )
-        back = loop.time()
-        await in_thread(broker.start)
-        target = outage.spool[-1].next_seq - 1
-
-        def reported() -> tuple[set[int], set[int], list[object]] | None:
-            """Once InfluxDB holds everything up to the outage's end: the missing seqs, the
-            seqs the gap records name, the gap records."""
-            seqs = run.store.seqs()
-            if not seqs or max(seqs) < target:
-                return None
-            missing = set(range(1, max(seqs) + 1)) - seqs
-            gaps = gap_records(run.store)
-            named = {s for g in gaps for s in range(g.first_seq, g.last_seq + 1)}
-            return (missing, named, list(gaps)) if missing <= named else None
-
-        deadline = loop.time() + 120
-        while (found := await asyncio.to_thread(reported)) is None:
-            assert loop.time() < deadline, (
-                f"missing seqs never all named by a gap record: missing "
-                f"{ranges(set(range(1, target + 1)) - run.store.seqs())}; gap records "
-                f"{gap_records(run.store)}"
-            )
-            await asyncio.sleep(0.5)
-        drain = loop.time() - back
-        missing, _, _ = found
+    async with pipeline(tmp_path, broker, influx_db, max_bytes=TINY_SPOOL) as run:
+        outage = await peer_outage(run, broker, SHORT_OUTAGE_SECONDS)
+        missing = await losses_reported(run, outage)
         done = await finish(run, dropped=missing)
     gaps = gap_records(run.store)
     outage.report()
@@ -268,8 +193,7 @@ async def test_spool_cap_drops_the_oldest_counts_them_and_reports_the_gap(
     say(
         f"missing in InfluxDB: {len(missing)} message(s), seq {ranges(missing)}; gap records "
         f"count {messages_reported} messages, {readings_reported} readings; agent counted "
-        f"{done.agent['dropped']} readings dropped; backlog stored {drain:.1f} s after the "
-        f"broker came back"
+        f"{done.agent['dropped']} readings dropped"
     )
     peak = max(outage.spool, key=lambda s: s.payload_bytes)
     say(

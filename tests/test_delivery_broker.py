@@ -21,11 +21,11 @@ delivered", ``edge/mqtt.py``); the 0x87 test below is that path, seen for real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from delivery_helpers import (
     Address,
     Processes,
     Run,
-    SpoolState,
     agent_file,
     finish,
     hold,
@@ -48,7 +47,7 @@ from delivery_helpers import (
     pipeline,
     say,
     sim_config,
-    snapshot_spool,
+    spool_state_when,
     wait_delivered,
 )
 from helpers import InfluxDatabase, ServiceFactory, async_wait_for
@@ -85,6 +84,14 @@ def secured_broker(make_service: ServiceFactory, tmp_path: Path, acl: str | None
     )
 
 
+def secured_pipeline(
+    tmp_path: Path, broker: Mosquitto, influx_db: InfluxDatabase, agent_login: dict[str, str]
+) -> contextlib.AbstractAsyncContextManager[Run]:
+    """The pipeline on a :func:`secured_broker`: the ingester logs in with its password, the
+    agent with ``agent_login``."""
+    return pipeline(tmp_path, broker, influx_db, agent_mqtt=agent_login, cloud_mqtt=INGESTER_LOGIN)
+
+
 def acl(agent_may_publish_data: bool) -> str:
     """The ingester may do everything under fieldlink/; the agent may publish its status and
     read its confirmations, and publish its data only if ``agent_may_publish_data``."""
@@ -101,42 +108,17 @@ def acl(agent_may_publish_data: bool) -> str:
     return "\n".join([*lines, ""])
 
 
-def lines_with(text: str, needle: str) -> list[str]:
-    return [line for line in text.splitlines() if needle in line]
-
-
-async def spool_state_when(
-    run: Run, predicate: Callable[[SpoolState], bool], what: str
-) -> SpoolState:
-    """A snapshot of the running agent's spool once ``predicate(state)`` holds."""
-
-    async def probe() -> SpoolState | None:
-        state = await asyncio.to_thread(snapshot_spool, run.spool, run.scratch)
-        return state if state is not None and predicate(state) else None
-
-    found = await async_wait_for(probe, timeout=60, interval=0.5, message=what)
-    assert found is not None
-    return found
-
-
 async def test_publishes_the_acl_denies_stay_spooled_and_go_out_once_the_acl_allows_them(
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = secured_broker(make_service, tmp_path, acl(agent_may_publish_data=False))
-    async with pipeline(
-        tmp_path,
-        broker,
-        influx_db.service,
-        influx_db.name,
-        agent_mqtt=AGENT_LOGIN,
-        cloud_mqtt=INGESTER_LOGIN,
-    ) as run:
+    async with secured_pipeline(tmp_path, broker, influx_db, AGENT_LOGIN) as run:
         await run.agent.wait_log("PUBACK 0x87")
         # ~5 s of refused messages (10 polls/s, a message every 0.2 s).
         denied = await spool_state_when(
             run, lambda s: s.entries >= 25, "25 refused messages in the spool"
         )
-        refusals = lines_with(run.agent.text(), "PUBACK 0x87")
+        refusals = run.agent.lines("PUBACK 0x87")
         stored_while_denied = await asyncio.to_thread(run.store.progress)
         say(f"agent's refusal log line: {refusals[0]}")
         say(
@@ -161,7 +143,7 @@ async def test_publishes_the_acl_denies_stay_spooled_and_go_out_once_the_acl_all
             f"{loop.time() - fixed:.1f} s later"
         )
         done = await finish(run)
-    counted = lines_with(run.agent.text(), "the broker refused")
+    counted = run.agent.lines("the broker refused")
     assert counted, "no count of the refusals at stop"
     [refused] = [int(n) for n in re.findall(r"PUBACK 0x87: (\d+)", counted[-1])]
     say(f"agent at stop: {counted[-1]}")
@@ -173,12 +155,12 @@ async def test_no_matching_subscribers_keeps_messages_spooled_until_an_ingester_
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    async with pipeline(tmp_path, broker, influx_db.service, influx_db.name, ingester=False) as run:
+    async with pipeline(tmp_path, broker, influx_db, ingester=False) as run:
         await run.agent.wait_log("PUBACK 0x10")
         waiting = await spool_state_when(
             run, lambda s: s.entries >= 15, "15 unsubscribed messages in the spool"
         )
-        refusals = lines_with(run.agent.text(), "PUBACK 0x10")
+        refusals = run.agent.lines("PUBACK 0x10")
         say(f"agent's log line: {refusals[0]}")
         assert len(refusals) == 1, refusals
         assert DATA in refusals[0] and "no ingester is subscribed" in refusals[0]
@@ -196,21 +178,14 @@ async def test_wrong_password_is_named_keeps_spooling_backs_off_and_right_one_de
     broker = secured_broker(make_service, tmp_path, acl=None)
     wrong = {"username": AGENT_USER, "password": "not-the-password"}
     window = 8.0
-    async with pipeline(
-        tmp_path,
-        broker,
-        influx_db.service,
-        influx_db.name,
-        agent_mqtt=wrong,
-        cloud_mqtt=INGESTER_LOGIN,
-    ) as run:
+    async with secured_pipeline(tmp_path, broker, influx_db, wrong) as run:
         await run.agent.wait_log("bad user name or password")
         refused_before = broker.log_path.read_text().count("disconnected, not authorised")
         await hold(window)
         attempts = (
             broker.log_path.read_text().count("disconnected, not authorised") - refused_before
         )
-        errors = lines_with(run.agent.text(), "refused the connection")
+        errors = run.agent.lines("refused the connection")
         spooled = await spool_state_when(run, lambda s: s.entries >= 30, "30 spooled messages")
         say(f"agent's error: {errors[0]}")
         say(
@@ -231,7 +206,7 @@ async def test_wrong_password_is_named_keeps_spooling_backs_off_and_right_one_de
         doc = yaml.safe_load(run.agent_config.read_text())
         doc["mqtt"].update(AGENT_LOGIN)
         run.agent_config.write_text(yaml.safe_dump(doc))
-        run.agent = await run.procs.agent(run.agent_config, log="agent-right-password.log")
+        await run.restart_agent(log="agent-right-password.log")
         await run.agent.wait_log("connected to MQTT broker")
         await wait_delivered(run.store, spooled.next_seq - 1, wait_s=60)
         done = await finish(run)
@@ -274,7 +249,7 @@ async def test_retained_birth_after_start_will_after_kill_and_offline_after_clea
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    async with pipeline(tmp_path, broker, influx_db.service, influx_db.name) as run:
+    async with pipeline(tmp_path, broker, influx_db) as run:
         await run.agent.wait_log("connected to MQTT broker")
         expected_hash = load_edge_config(run.agent_config).config_hash
 
@@ -310,7 +285,7 @@ async def test_retained_birth_after_start_will_after_kill_and_offline_after_clea
 
         # Restarted: online again (a new boot, the same spool epoch); a clean stop publishes
         # offline itself (the broker drops the will on a clean DISCONNECT).
-        run.agent = await run.procs.agent(run.agent_config, log="agent-restarted.log")
+        await run.restart_agent()
         watcher = StatusWatcher(broker, "status-restart")
         try:
             await run.agent.wait_log("connected to MQTT broker")
@@ -388,7 +363,10 @@ async def test_reconnects_back_off_exponentially_capped_and_jittered_per_agent(
     recorder = ConnectionRecorder(ids)
     await recorder.start()
     try:
-        async with SimPlant(sim_config()) as plant, Processes(tmp_path) as procs:
+        async with (
+            SimPlant(sim_config()) as plant,
+            contextlib.aclosing(Processes(tmp_path)) as procs,
+        ):
             port = plant.endpoints()[DEVICE][1]
             agents = []
             for client_id in ids:

@@ -9,24 +9,19 @@ Real processes and servers as in ``test_delivery.py``; run with ``-s`` for the n
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 from delivery_helpers import (
-    GapRecord,
-    Run,
+    TINY_SPOOL,
     agent_summary,
     finish,
     gap_records,
-    hold,
-    in_thread,
+    losses_reported,
+    peer_outage,
     pipeline,
     ranges,
-    read_spool,
     say,
-    snapshot_spool,
-    steady,
 )
 from helpers import InfluxDatabase, ServiceFactory
 
@@ -34,56 +29,22 @@ from fieldlink.localstack import Mosquitto
 
 pytestmark = pytest.mark.timeout(300)
 
-#: The smallest spool.max_bytes the config allows: ~10 messages of ~6 KB.
-TINY_SPOOL = 65_536
 #: Outage before the kill (the spool turns over ~3 times) and after the restart.
 BEFORE_KILL_S = 12
 AFTER_RESTART_S = 6
-
-
-async def named_missing(run: Run, target: int) -> tuple[set[int], list[GapRecord]] | None:
-    """Once InfluxDB holds every seq up to ``target`` or a gap record names it: the missing
-    seqs and the gap records; else None."""
-
-    def probe() -> tuple[set[int], list[GapRecord]] | None:
-        seqs = run.store.seqs()
-        if not seqs or max(seqs) < target:
-            return None
-        missing = set(range(1, max(seqs) + 1)) - seqs
-        gaps = gap_records(run.store)
-        named = {s for g in gaps for s in range(g.first_seq, g.last_seq + 1)}
-        return (missing, gaps) if missing <= named else None
-
-    return await asyncio.to_thread(probe)
 
 
 async def test_gap_report_survives_a_kill_during_the_outage_that_caused_it(
     tmp_path: Path, make_service: ServiceFactory, influx_db: InfluxDatabase
 ) -> None:
     broker = make_service(Mosquitto)
-    loop = asyncio.get_running_loop()
-    async with pipeline(
-        tmp_path, broker, influx_db.service, influx_db.name, max_bytes=TINY_SPOOL
-    ) as run:
-        await steady(run)
-        await in_thread(broker.stop)
-        await hold(BEFORE_KILL_S)
-        await run.agent.kill()
-        at_kill = read_spool(run.spool)
-        run.agent = await run.procs.agent(run.agent_config, log="agent-restarted.log")
-        await run.agent.wait_log("waiting from earlier runs")
-        await hold(AFTER_RESTART_S)
-        await in_thread(broker.start)
-        target = await backlog_end(run)
-        deadline = loop.time() + 120
-        while (found := await named_missing(run, target)) is None:
-            assert loop.time() < deadline, (
-                f"missing seqs never all named by a gap record; gap records "
-                f"{gap_records(run.store)}"
-            )
-            await asyncio.sleep(0.5)
-        missing, _ = found
+    async with pipeline(tmp_path, broker, influx_db, max_bytes=TINY_SPOOL) as run:
+        outage = await peer_outage(
+            run, broker, BEFORE_KILL_S + AFTER_RESTART_S, agent_killed_after=BEFORE_KILL_S
+        )
+        missing = await losses_reported(run, outage)
         done = await finish(run, dropped=missing)
+    at_kill = outage.at_kill
     records = gap_records(run.store)
     killed = [*at_kill.gaps, *[r[:5] for r in at_kill.reported]]
     killed_messages = sum(g[3] for g in killed)
@@ -116,10 +77,3 @@ async def test_gap_report_survives_a_kill_during_the_outage_that_caused_it(
     assert done.spool.gaps == [], "a gap was never reported"
     # Caps held on disk after the stop: at most max_bytes of payload.
     assert done.spool.payload_bytes <= TINY_SPOOL
-
-
-async def backlog_end(run: Run) -> int:
-    """The last seq the running agent has spooled (from a copy of its locked spool)."""
-    state = await asyncio.to_thread(snapshot_spool, run.spool, run.scratch)
-    assert state is not None, "could not read a copy of the spool"
-    return state.next_seq - 1

@@ -201,6 +201,18 @@ async def run_pipeline(
                 return published, started, ended
 
 
+def cloud_config(broker: Mosquitto, unique_id: str, influx: dict[str, Any]) -> CloudConfig:
+    """The ingester's config: this test's client id on ``broker``, writing to ``influx``."""
+    return CloudConfig.model_validate(
+        {
+            "kind": "cloud",
+            "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"ing-{unique_id}"},
+            "influx": influx,
+            "batch": {"max_points": 100, "max_delay": 0.05},
+        }
+    )
+
+
 def check_published(published: list[Reading], started: int, ended: int) -> None:
     assert published
     for r in published:
@@ -215,18 +227,8 @@ async def test_sim_to_influxdb1_exact_values_units_and_sample_times(
     mosquitto: Mosquitto, influx_db: InfluxDatabase, unique_id: str
 ) -> None:
     agent = f"agent-{unique_id}"[:60]
-    cloud = CloudConfig.model_validate(
-        {
-            "kind": "cloud",
-            "mqtt": {
-                "host": mosquitto.host,
-                "port": mosquitto.port,
-                "client_id": f"ing-{unique_id}",
-            },
-            "influx": {"api": "v1", "url": influx_db.service.url, "database": influx_db.name},
-            "batch": {"max_points": 100, "max_delay": 0.05},
-        }
-    )
+    influx = {"api": "v1", "url": influx_db.service.url, "database": influx_db.name}
+    cloud = cloud_config(mosquitto, unique_id, influx)
 
     def stored() -> dict[tuple[str, str, int], dict[str, Any]]:
         result = influx_db.service.query(
@@ -243,9 +245,10 @@ async def test_sim_to_influxdb1_exact_values_units_and_sample_times(
     published, started, ended = await run_pipeline(mosquitto, cloud, agent, lambda: len(stored()))
     check_published(published, started, ended)
 
-    def complete() -> dict[tuple[str, str, int], dict[str, Any]] | None:
+    def complete() -> dict[tuple[str, str, int], dict[str, Any]]:
+        """The stored rows once they cover what the agent published (else none: falsy)."""
         rows = stored()
-        return rows if len(rows) >= len(published) else None
+        return rows if len(rows) >= len(published) else {}
 
     rows = await async_wait_for(
         lambda: asyncio.to_thread(complete),
@@ -275,24 +278,14 @@ async def test_sim_to_victoriametrics_through_the_v2_write_api(
     mosquitto: Mosquitto, victoria: VictoriaMetrics, unique_id: str
 ) -> None:
     agent = f"agent-{unique_id}"[:60]
-    cloud = CloudConfig.model_validate(
-        {
-            "kind": "cloud",
-            "mqtt": {
-                "host": mosquitto.host,
-                "port": mosquitto.port,
-                "client_id": f"ing-{unique_id}",
-            },
-            "influx": {
-                "api": "v2",
-                "url": victoria.url,
-                "org": "fieldlink",
-                "bucket": "e2e",
-                "token": "unused-by-victoriametrics",
-            },
-            "batch": {"max_points": 100, "max_delay": 0.05},
-        }
-    )
+    influx = {
+        "api": "v2",
+        "url": victoria.url,
+        "org": "fieldlink",
+        "bucket": "e2e",
+        "token": "unused-by-victoriametrics",
+    }
+    cloud = cloud_config(mosquitto, unique_id, influx)
 
     def exported() -> dict[tuple[str, str], dict[int, float]]:
         out: dict[tuple[str, str], dict[int, float]] = {}
@@ -312,9 +305,10 @@ async def test_sim_to_victoriametrics_through_the_v2_write_api(
     check_published(published, started, ended)
     numeric = [r for r in published if not isinstance(r.value, str)]
 
-    def complete() -> dict[tuple[str, str], dict[int, float]] | None:
+    def complete() -> dict[tuple[str, str], dict[int, float]]:
+        """The exported series once they cover the numbers published (else none: falsy)."""
         got = exported()
-        return got if sum(len(v) for v in got.values()) >= len(numeric) else None
+        return got if sum(len(v) for v in got.values()) >= len(numeric) else {}
 
     got = await async_wait_for(
         lambda: asyncio.to_thread(complete), timeout=30, message="readings in VictoriaMetrics"
