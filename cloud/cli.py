@@ -1,9 +1,9 @@
 """``fieldlink cloud run`` and ``fieldlink query``; wired into ``fieldlink`` by ``register``.
 
 Exit codes (see :mod:`cloud.errors`): 0 success; 1 ``query`` found no reading; 2 the config
-file or the command line is wrong; 3 InfluxDB refused us or cannot be reached (``query``) or
-refused us for good (``cloud run``: credentials, missing database); 4 the MQTT broker refused
-us for good.
+file or the command line is wrong, or ``health.listen`` cannot be listened on; 3 InfluxDB
+refused us or cannot be reached (``query``) or refused us for good (``cloud run``:
+credentials, missing database); 4 the MQTT broker refused us for good.
 """
 
 from __future__ import annotations

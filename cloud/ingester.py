@@ -16,7 +16,8 @@ of waiting for them. Batches are *finished* — confirmed to the agents, then ac
 broker — strictly in the order they were filled, whatever order their writes complete in, so
 the guarantee above holds: a message is acknowledged after its own points and those of every
 earlier message are written. Each resource has one owner: :class:`Ingester.run` opens and
-closes the MQTT link and the writers.
+closes the MQTT link and the writers, and (with ``health.listen`` set) the health endpoint,
+which serves the counters as Prometheus metrics and ``/healthz`` (docs/health.md).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cloud.deadletter import Counters, FirstSeen, deadletter_body
 from cloud.encoder import MessageEncoder
 from cloud.errors import (
+    EXIT_CONFIG,
     EXIT_OK,
     FatalError,
     InfluxConfigError,
@@ -49,8 +51,12 @@ from cloud.mqtt import Incoming, MqttLink
 from cloud.validate import InvalidKind, InvalidMessageError
 from cloud.writer import Writer, open_writer
 from config.cloud import CloudConfig, InfluxV1
+from fieldlink import __version__
 from wire.codec import encode_confirm, seq_ranges
 from wire.topics import confirm_topic, deadletter_topic
+
+if TYPE_CHECKING:
+    from fieldlink.metrics import Family, MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,19 @@ class Ingester:
         self._link: MqttLink | None = None
         self._highest_seq: dict[str, int] = {}
         self._missing: dict[str, set[int]] = {}
+        # For the health endpoint, beside `counters` (cloud/deadletter.py):
+        #: Writes under way now (at most writes_in_flight).
+        self._writing = 0
+        #: Wall-clock ns of the last write InfluxDB accepted; 0: none yet.
+        self._last_write_ns = 0
+        #: Why the latest write attempt failed while InfluxDB is unavailable; None once one
+        #: succeeds.
+        self._write_failing: str | None = None
+        #: Writes InfluxDB refused (400/413), each then split to isolate the bad points.
+        self._rejected_writes = 0
+        #: Messages and points published to the dead-letter topic, by kind.
+        self._dead_lettered: dict[str, int] = {}
+        self._target = ""
 
     async def run(
         self,
@@ -131,7 +150,26 @@ class Ingester:
         ready: Callable[[], None] | None = None,
     ) -> int:
         """Run until ``stop`` is set (or SIGINT/SIGTERM when ``stop`` is None); return the exit
-        code. ``ready`` is called once the subscription is confirmed."""
+        code. ``ready`` is called once the subscription is confirmed. With ``health.listen``
+        set, the health endpoint is served meanwhile; when it cannot listen there, this
+        returns :data:`~cloud.errors.EXIT_CONFIG` at once (logged in one line)."""
+        address = self.config.health.address
+        if address is None:
+            return await self._run(stop, ready)
+        from fieldlink.metrics import ListenError
+
+        health = self._health_endpoint(*address)
+        try:
+            await health.start()
+        except ListenError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+        try:
+            return await self._run(stop, ready)
+        finally:
+            await health.close()
+
+    async def _run(self, stop: asyncio.Event | None, ready: Callable[[], None] | None) -> int:
         signals: list[signal.Signals] = []
         if stop is None:
             stop = asyncio.Event()
@@ -143,6 +181,7 @@ class Ingester:
         self._link = link
         # One writer (one connection) per write in flight; a writer serves one write at a time.
         writers = [open_writer(self.config.influx) for _ in range(self._writes_in_flight)]
+        self._target = writers[0].target
         log.info(
             "ingester starting: MQTT %s → %s (measurement %s, up to %d writes in flight)",
             link.where,
@@ -275,9 +314,11 @@ class Ingester:
         writer = idle.pop()
 
         async def write() -> bool:
+            self._writing += 1
             try:
                 return await self._write_batch(batch, writer, stop)
             finally:
+                self._writing -= 1
                 idle.append(writer)
 
         return _Writing(batch, asyncio.create_task(write(), name="ingester-write"))
@@ -362,6 +403,7 @@ class Ingester:
             log.error("cannot dead-letter a message from %s: %s", message.topic, err)
         else:
             self.counters.dead_lettered += 1
+            self._dead_lettered[exc.kind] = self._dead_lettered.get(exc.kind, 0) + 1
         if self._logged_sources.first(message.topic, log):
             log.warning(
                 "invalid message on %s (%s): %s — dead-lettered to %s; further invalid "
@@ -435,6 +477,8 @@ class Ingester:
         except _Stopping:
             return False
         except InfluxRejectedError as exc:
+            self._rejected_writes += 1
+            self._write_failing = None  # InfluxDB answers: it refused these points
             if len(lines) == 1:
                 self._refused(lines[0], exc)
                 return True
@@ -453,6 +497,7 @@ class Ingester:
             return True
         self.counters.batches_written += 1
         self.counters.readings_written += len(lines)
+        self._last_write_ns = time.time_ns()
         return True
 
     async def _write_with_retry(
@@ -468,6 +513,7 @@ class Ingester:
                     create, created = False, True
                 await asyncio.to_thread(writer.write, body)
             except InfluxUnavailableError as exc:
+                self._write_failing = str(exc)
                 if stop.is_set():
                     raise _Stopping from exc
                 attempt += 1
@@ -495,6 +541,7 @@ class Ingester:
                     raise InfluxConfigError(str(exc)) from exc
                 create = True
                 continue
+            self._write_failing = None
             if attempt:
                 log.info("write succeeded after %d retries", attempt)
             return
@@ -518,6 +565,8 @@ class Ingester:
             log.error("cannot dead-letter a point InfluxDB refused: %s", err)
         else:
             self.counters.dead_lettered += 1
+            refused = InvalidKind.REFUSED.value
+            self._dead_lettered[refused] = self._dead_lettered.get(refused, 0) + 1
         if self._logged_sources.first(f"influx:{exc.status}", log):
             log.warning(
                 "InfluxDB refused a point (HTTP %d: %s); it is dead-lettered to %s with the "
@@ -526,6 +575,99 @@ class Ingester:
                 exc.text,
                 self._deadletter_topic,
             )
+
+    # --- the health endpoint (docs/health.md) ---------------------------------------------------
+
+    def _health_endpoint(self, host: str, port: int) -> MetricsServer:
+        # Imported here: an ingester without health.listen does not load the endpoint.
+        from fieldlink.metrics import MetricsServer, Registry
+
+        registry = Registry()
+        registry.register(self._metric_families)
+        return MetricsServer(registry, host, port, health=self._check)
+
+    @property
+    def mqtt_connected(self) -> bool:
+        return self._link is not None and self._link.is_connected
+
+    def _metric_families(self) -> list[Family]:
+        from fieldlink.metrics import counter, gauge
+
+        c = self.counters
+        out = [
+            gauge(
+                "fieldlink_ingester_info", "Always 1; the label says which version runs.", "version"
+            ).add(1, __version__),
+            gauge(
+                "fieldlink_ingester_mqtt_connected",
+                "1 while the MQTT session with the broker is up.",
+            ).add(int(self.mqtt_connected)),
+            counter(
+                "fieldlink_ingester_messages_received_total",
+                "Messages taken from the broker (valid or not).",
+            ).add(c.messages_received),
+            counter(
+                "fieldlink_ingester_readings_written_total",
+                "Readings (points) InfluxDB accepted.",
+            ).add(c.readings_written),
+            counter(
+                "fieldlink_ingester_write_batches_total",
+                "Write requests InfluxDB accepted.",
+            ).add(c.batches_written),
+            gauge(
+                "fieldlink_ingester_writes_in_flight",
+                "Batches being written now (at most batch.writes_in_flight).",
+            ).add(self._writing),
+            gauge(
+                "fieldlink_ingester_last_write_timestamp_seconds",
+                "Unix time of the last write InfluxDB accepted; 0 before the first.",
+            ).add(self._last_write_ns / 1e9),
+        ]
+        failures = counter(
+            "fieldlink_ingester_write_failures_total",
+            "Write attempts that failed, by kind: unavailable (InfluxDB down, timed out, "
+            "5xx/429: retried with backoff), rejected (400/413: the refused points are "
+            "isolated and dead-lettered).",
+            "kind",
+        )
+        failures.add(c.write_retries, "unavailable").add(self._rejected_writes, "rejected")
+        invalid = counter(
+            "fieldlink_ingester_invalid_total",
+            "Messages refused as invalid and points InfluxDB refused, by kind.",
+            "kind",
+        )
+        for kind, count in sorted(c.invalid.items()):
+            invalid.add(count, kind)
+        dead = counter(
+            "fieldlink_ingester_dead_lettered_total",
+            "Messages and points published to the dead-letter topic, by kind.",
+            "kind",
+        )
+        for kind, count in sorted(self._dead_lettered.items()):
+            dead.add(count, kind)
+        missing = gauge(
+            "fieldlink_ingester_missing_seqs",
+            "Sequence numbers of an agent not arrived (yet): a lasting gap is a loss the "
+            "agent also reports (not tracked with mqtt.group).",
+            "site",
+            "agent",
+        )
+        for key, count in sorted(c.seq_gaps.items()):
+            site, _, agent = key.partition("/")
+            missing.add(count, site, agent)
+        return [*out, failures, invalid, dead, missing]
+
+    async def _check(self) -> tuple[bool, str]:
+        mqtt = self.config.mqtt
+        broker = f"MQTT broker {mqtt.host}:{mqtt.port}"
+        if not self.mqtt_connected:
+            return False, f"failing: {broker} not connected; nothing is read"
+        if self._write_failing is not None:
+            return False, (
+                f"failing: writes to {self._target} fail ({self._write_failing}); retrying, "
+                "the messages stay unacknowledged at the broker"
+            )
+        return True, f"ok: {broker} connected, writing to {self._target}"
 
 
 class _Stopping(Exception):

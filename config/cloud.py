@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from config.base import Ident, StrictModel
+from config.edge import HealthSection
 from config.errors import ConfigError, Problem
 from config.loader import read_document, substitute_env, validate
 from config.mqtt import BrokerSection
@@ -227,6 +228,10 @@ class CloudConfig(StrictModel):
     )
     ingest: IngestSection = Field(
         default_factory=IngestSection, description="Limits a message must respect to be written."
+    )
+    health: HealthSection = Field(
+        default_factory=HealthSection,
+        description="The Prometheus metrics and /healthz endpoint; off unless `listen` is set.",
     )
 
 

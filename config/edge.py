@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import orjson
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from config.base import Ident, StrictModel
 from config.device import BusBase, DeviceBase
@@ -147,6 +147,53 @@ class SpoolSection(StrictModel):
     )
 
 
+class HealthSection(StrictModel):
+    """The health endpoint: Prometheus metrics on ``/metrics``, a status on ``/healthz``
+    (docs/health.md). Shared by the agent (``kind: edge``) and the ingester (``kind: cloud``)."""
+
+    listen: str | None = Field(
+        default=None,
+        description=(
+            'Address to serve /metrics and /healthz on, as HOST:PORT: "127.0.0.1:9108" '
+            '(this machine only), "0.0.0.0:9108" (every interface), "[::1]:9108". '
+            "Unset: no endpoint (and its code is not even loaded)."
+        ),
+        examples=["127.0.0.1:9108"],
+    )
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _host_port(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(
+                f'a port alone is not an address: write HOST:PORT, e.g. "127.0.0.1:{value}" '
+                f'(this machine only) or "0.0.0.0:{value}" (every interface)'
+            )
+        if isinstance(value, str):
+            check_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to listen on, None when the endpoint is off."""
+        return None if self.listen is None else check_listen(self.listen)
+
+
+def check_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` → (host, port); a ``ValueError`` says what is wrong and the fix."""
+    example = 'e.g. "127.0.0.1:9108", "0.0.0.0:9108" (every interface) or "[::1]:9108"'
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port_text}")
+    if not sep or not host or any(c.isspace() or c in "[]/" for c in host):
+        raise ValueError(f"expected HOST:PORT, {example}")
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, {example}")
+    return host, int(port_text)
+
+
 class EdgeEnvelope(StrictModel):
     """Stage one of validation: the parts every agent file has. Buses and devices are checked
     in stage two against the model of their driver."""
@@ -161,6 +208,10 @@ class EdgeEnvelope(StrictModel):
     )
     spool: SpoolSection = Field(
         default_factory=SpoolSection, description="The crash-safe on-disk queue."
+    )
+    health: HealthSection = Field(
+        default_factory=HealthSection,
+        description="The Prometheus metrics and /healthz endpoint; off unless `listen` is set.",
     )
     buses: list[dict[str, Any]] = Field(description="Field buses; see each driver's schema.")
     devices: list[dict[str, Any]] = Field(description="Devices to poll; see each driver's schema.")
@@ -180,6 +231,7 @@ class EdgeConfig:
     #: Short hash of the effective config, announced in the agent's birth message so an
     #: operator can tell which config a gateway runs.
     config_hash: str = ""
+    health: HealthSection = field(default_factory=HealthSection)
 
     def bus(self, name: str) -> BusBase:
         return next(b for b in self.buses if b.name == name)
@@ -222,6 +274,7 @@ def validate_edge(
         buses,
         devices,
         config_hash=digest,
+        health=envelope.health,
     )
 
 

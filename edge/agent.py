@@ -5,7 +5,9 @@ programs are :class:`~drivers.base.DeviceProgram`) or, when its devices push dat
 themselves (their programs are :class:`~drivers.base.StreamDecoder`), a
 :class:`~edge.streamer.StreamWorker`. A bus carries one kind or the other. Beside them a
 :class:`~edge.framewatch.FrameWatch` logs the frame troubles of devices that count them, and
-their totals when the agent stops.
+their totals when the agent stops. With ``health.listen`` set, an
+:class:`~edge.health.AgentHealth` endpoint serves the counters of all of them as Prometheus
+metrics, and ``/healthz`` (docs/health.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from edge.streamer import StreamDevice, StreamWorker
 from wire.model import Group
 
 log = logging.getLogger("fieldlink.edge")
+
+#: Exit code of a start refused for a config or resource problem (like `fieldlink check`).
+EXIT_CONFIG = 2
 
 Worker = BusWorker | StreamWorker
 
@@ -152,8 +157,35 @@ async def run_agent(
     ready: Callable[[], None] | None = None,
     drain_timeout: float = 5.0,
 ) -> int:
-    """Run until ``stop`` is set; then stop polling, flush what is queued, and return."""
+    """Run until ``stop`` is set; then stop polling, flush what is queued, and return 0.
+    Returns :data:`EXIT_CONFIG` without starting when the health endpoint cannot listen on
+    ``health.listen`` (logged in one line: the address, the field, the fix)."""
     plan = build_agent(config, registry)
+    if config.health.listen is None:
+        return await _run(config, plan, stop=stop, ready=ready, drain_timeout=drain_timeout)
+    # Only now: the endpoint's code is not loaded by an agent that does not serve it.
+    from edge.health import AgentHealth, ListenError
+
+    health = AgentHealth(config, plan.workers, plan.publisher)
+    try:
+        await health.start()
+    except ListenError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    try:
+        return await _run(config, plan, stop=stop, ready=ready, drain_timeout=drain_timeout)
+    finally:
+        await health.close()
+
+
+async def _run(
+    config: EdgeConfig,
+    plan: AgentPlan,
+    *,
+    stop: asyncio.Event,
+    ready: Callable[[], None] | None,
+    drain_timeout: float,
+) -> int:
     devices = sum(len(w.devices) for w in plan.workers)
     log.info(
         "agent %s/%s: %d device(s) on %d bus(es), publishing to %s on %s:%d",

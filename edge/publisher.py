@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from config.edge import EdgeConfig
 from edge.mqtt import AgentSession, NotDelivered
-from edge.spool import Dropped, Entry, Gap, Spool, SpoolError
+from edge.spool import Dropped, Entry, Gap, Spool, SpoolError, SpoolStats
 from fieldlink import __version__
 from wire.codec import PayloadError, decode_confirm, encode_groups
 from wire.model import Group, PointEntry
@@ -224,6 +224,35 @@ class Publisher:
 
     def connection_problem(self) -> str | None:
         return self._session.last_error if self._session is not None else None
+
+    # --- read by the health endpoint (edge/health.py) at scrape time ---------------------------
+
+    @property
+    def mqtt_connected(self) -> bool:
+        return self._session is not None and self._session.connected.is_set()
+
+    @property
+    def mqtt_reconnects(self) -> int:
+        """Connections the broker accepted after the first one."""
+        return max(0, self._session.connections - 1) if self._session is not None else 0
+
+    @property
+    def spool_stats(self) -> SpoolStats | None:
+        """The spool's counters (in memory), None while it is not open."""
+        spool = self._spool
+        return None if spool is None or spool.closed else spool.stats
+
+    async def spool_oldest_ns(self) -> int | None:
+        """Append time of the oldest message in the spool (not yet confirmed by the cloud),
+        None when it is empty or not open. One indexed read in the spool's thread."""
+        spool = self._spool
+        if spool is None or spool.closed or spool.stats.entries == 0:
+            return None
+        try:
+            head = await self._in_spool_thread(spool.pending, 1)
+        except (SpoolError, RuntimeError):  # closed meanwhile, or its thread shut down
+            return None
+        return head[0].created_ns if head else None
 
     async def wait_connected(self) -> None:
         await self._session_started.wait()

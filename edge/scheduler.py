@@ -10,7 +10,10 @@ time; devices on it must take turns rather than collide. The worker:
 * reconnects a lost link with capped, jittered backoff; while the link is down, every due poll
   yields bad readings with reason ``disconnected`` instead of waiting;
 * turns every failed request into bad readings carrying the reason, and logs a device's state
-  only when it changes (failing / recovered), not on every poll.
+  only when it changes (failing / recovered), not on every poll (:func:`note_state`, shared
+  with the stream worker);
+* keeps per device plain counters (:class:`DeviceStats`, shared with the stream worker too),
+  which the health endpoint reads when scraped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from config.device import DeviceBase
 from drivers.base import BusLink, DeviceProgram
@@ -35,12 +39,87 @@ Sink = Callable[[list[Group]], None]
 
 @dataclass
 class DeviceStats:
+    """What happened to one device since the agent started; counters only grow. Both kinds
+    of worker keep one per device (a field that does not apply to a kind stays 0): the
+    health endpoint (``edge/health.py``) reads them when it is scraped, so keeping them is
+    all the hot path pays for metrics."""
+
+    #: Polled: polls due, those answered from an open circuit breaker included.
     polls: int = 0
+    #: Polled: requests sent to the device on the bus.
+    requests: int = 0
     failed_requests: int = 0
     skipped_polls: int = 0
     #: Polls answered from an open circuit breaker: bad readings, no I/O on the bus.
     polls_skipped_by_breaker: int = 0
+    #: Streaming: chunks read from the link and fed to the device's decoder.
+    chunks: int = 0
+    #: Streaming: groups (frames) the decoder completed.
+    groups: int = 0
+    #: Streaming: bad reports made by the watchdog (silence or a lost link).
+    stale_reports: int = 0
+    #: Streaming: chunks whose decoding raised (a driver bug); only the first is logged.
+    decode_crashes: int = 0
+    #: Readings handed on, by quality (``good``, ``bad``, ``uncertain``).
+    readings: dict[str, int] = field(default_factory=dict)
+    #: Polls (polled) or watchdog reports (streaming) that brought no data, by the class of
+    #: their reason (:func:`reason_class`).
+    failures: dict[str, int] = field(default_factory=dict)
+    #: Wall-clock time (ns) of the end of the last poll.
     last_poll_ns: int = 0
+    #: Wall-clock time (ns) of the last success: a poll every request of which was answered,
+    #: or a frame that arrived. 0: none yet.
+    last_success_ns: int = 0
+
+    def count_readings(self, groups: list[Group]) -> None:
+        """Count the readings of ``groups`` by quality (a dict lookup per reading: good
+        entries carry no ``q``)."""
+        readings = self.readings
+        good = 0
+        for group in groups:
+            points = group.points
+            good += len(points)
+            for entry in points:
+                quality = entry.get("q")
+                if quality is not None and quality != "good":
+                    readings[quality] = readings.get(quality, 0) + 1
+                    good -= 1
+        if good:
+            readings["good"] = readings.get("good", 0) + good
+
+    def count_failure(self, reason: str) -> None:
+        kind = reason_class(reason)
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+
+
+def reason_class(reason: str) -> str:
+    """A failure's reason without its details, for counting: ``"exception 2 (illegal data
+    address)"`` → ``"exception 2"``, ``"frame error: CRC mismatch"`` → ``"frame error"``,
+    ``"timeout"`` → ``"timeout"``. Few distinct values, so fit for a metric label."""
+    head = reason.split(":", 1)[0].split("(", 1)[0].strip()
+    return head[:64] or "unknown"
+
+
+class Tracked(Protocol):
+    """A device as the state-change log sees it (polled or streaming)."""
+
+    config: DeviceBase
+    #: Reason of the current failure, None while healthy.
+    failing: str | None
+
+
+def note_state(device: Tracked, failure: str | None, detail: str | None = None) -> None:
+    """Log a device's change of state — failing, failing for another reason, recovered —
+    once per change (never per poll or frame), and remember the new state. Shared by the
+    bus worker and the stream worker, so both read the same in the log."""
+    said = f"{failure}: {detail}" if detail else failure
+    if failure is None:
+        log.info("device %s: recovered", device.config.name)
+    elif device.failing is None:
+        log.warning("device %s: failing (%s)", device.config.name, said)
+    else:
+        log.warning("device %s: now failing with %s", device.config.name, said)
+    device.failing = failure
 
 
 @dataclass
@@ -109,6 +188,11 @@ class BusWorker:
     def devices(self) -> list[ScheduledDevice]:
         return self._devices
 
+    @property
+    def connected(self) -> bool:
+        """Whether the bus link is open (as far as the last request knows)."""
+        return self._connected
+
     async def run(self) -> None:
         """Poll until cancelled. Cancellation closes the link and propagates."""
         start = self._clock()
@@ -151,12 +235,15 @@ class BusWorker:
         #: The driver's own words for the failure (which command, which timeout), for the log.
         detail: str | None = None
         program = device.program
-        device.stats.polls += 1
+        stats = device.stats
+        stats.polls += 1
         if device.breaker.is_open(self._clock()):
-            device.stats.polls_skipped_by_breaker += 1
+            stats.polls_skipped_by_breaker += 1
             groups = [
                 program.fail(r, DeviceTimeout.reason, self._wall_ns()) for r in program.requests
             ]
+            stats.count_failure(DeviceTimeout.reason)
+            stats.count_readings(groups)
             self._sink(groups)
             return groups
         pending = list(program.requests)
@@ -176,6 +263,7 @@ class BusWorker:
                 continue
             if self._request_gap > 0:
                 await self._pace()
+            stats.requests += 1
             try:
                 answer = await self._link.execute(request)
             except DriverError as exc:
@@ -189,7 +277,7 @@ class BusWorker:
                         continue
                 failure = exc.reason
                 detail = exc.detail or None
-                device.stats.failed_requests += 1
+                stats.failed_requests += 1
                 groups.append(program.fail(request, failure, self._wall_ns()))
             else:
                 self._last_request_end = self._clock()
@@ -198,10 +286,15 @@ class BusWorker:
             device.breaker.trip(self._clock())
         elif failure is None and device.breaker.retry_at is not None:
             device.breaker.reset()
-        device.stats.last_poll_ns = self._wall_ns()
+        stats.last_poll_ns = self._wall_ns()
+        if failure is None:
+            stats.last_success_ns = stats.last_poll_ns
+        else:
+            stats.count_failure(failure)
         if failure != device.failing:
-            self._note_state(device, failure, detail)
+            note_state(device, failure, detail)
         if groups:
+            stats.count_readings(groups)
             self._sink(groups)
         return groups
 
@@ -246,15 +339,3 @@ class BusWorker:
         self._connected = False
         self._link_failure = exc.reason
         self._next_connect = self._clock() + self._backoff.next_delay()
-
-    def _note_state(
-        self, device: ScheduledDevice, failure: str | None, detail: str | None = None
-    ) -> None:
-        said = f"{failure}: {detail}" if detail else failure
-        if failure is None:
-            log.info("device %s: recovered", device.config.name)
-        elif device.failing is None:
-            log.warning("device %s: failing (%s)", device.config.name, said)
-        else:
-            log.warning("device %s: now failing with %s", device.config.name, said)
-        device.failing = failure

@@ -15,7 +15,10 @@ printing sentences, a logger printing lines) does not wait to be asked. Its bus 
 * a lost link is reported at once (``disconnected``, then once per interval) and reopened with
   capped, jittered backoff; after reopening, the decoders forget partial frames;
 * a device's state (silent, unreachable) is logged when it changes (failing / recovered), not
-  on every frame; trouble inside frames is logged by ``edge/framewatch.py``.
+  on every frame (the bus worker's :func:`~edge.scheduler.note_state`); trouble inside frames
+  is logged by ``edge/framewatch.py``;
+* per device counters are the bus worker's :class:`~edge.scheduler.DeviceStats` (chunks,
+  frames, readings by quality, watchdog reports by reason), read by the health endpoint.
 
 :meth:`StreamWorker.once` is ``--once --dry-run`` for streams: connect, wait until every point
 of every device was reported once (or ``stale_after`` passed: ``timeout``), return.
@@ -24,7 +27,6 @@ of every device was reported once (or ``stale_after`` passed: ``timeout``), retu
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,28 +35,15 @@ from config.device import DeviceBase
 from drivers.base import StreamDecoder, StreamLink
 from drivers.errors import DeviceTimeout, DriverError, LinkError
 from edge.backoff import Backoff
+from edge.scheduler import DeviceStats, Sink, log, note_state
 from wire.model import Group
-
-log = logging.getLogger("fieldlink.edge")
-
-Sink = Callable[[list[Group]], None]
-
-
-@dataclass
-class StreamStats:
-    chunks: int = 0
-    groups: int = 0
-    #: Bad reports made by the watchdog (silence or a lost link), per device.
-    stale_reports: int = 0
-    #: Chunks whose decoding raised (a driver bug); only the first is logged.
-    decode_crashes: int = 0
 
 
 @dataclass
 class StreamDevice:
     config: DeviceBase
     program: StreamDecoder
-    stats: StreamStats = field(default_factory=StreamStats)
+    stats: DeviceStats = field(default_factory=DeviceStats)
     #: Monotonic time of the last frame (or of connecting, which starts the silence clock).
     last_frame: float = 0.0
     #: Monotonic time before which the watchdog reports nothing more for this device.
@@ -90,6 +79,11 @@ class StreamWorker:
     @property
     def devices(self) -> list[StreamDevice]:
         return self._devices
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is open."""
+        return self._connected
 
     async def run(self) -> None:
         """Read until cancelled. Cancellation closes the link and propagates."""
@@ -158,13 +152,15 @@ class StreamWorker:
             if not groups:
                 continue
             device.stats.groups += len(groups)
+            device.stats.last_success_ns = ts_ns
+            device.stats.count_readings(groups)
             device.last_frame = now
             device.quiet_until = 0.0
             if device.failing is not None:
                 # Frames arrive again. What is wrong *in* frames (checksums, parsing) is not
                 # this worker's state: bad frames come and go frame by frame, and the
                 # FrameWatch (edge/framewatch.py) logs them with hysteresis.
-                self._note_state(device, None)
+                note_state(device, None)
             self._sink(groups)
             out.extend(groups)
         if out:
@@ -211,25 +207,20 @@ class StreamWorker:
                 continue  # the first connection is still being opened: nothing to say yet
             if now >= due:
                 try:
-                    self._sink([program.stale(reason, self._wall_ns())])
+                    stale = [program.stale(reason, self._wall_ns())]
+                    self._sink(stale)
                 except Exception:  # a bug in one device must not stop the bus or the agent
                     log.exception("device %s: reporting %s failed", device.config.name, reason)
+                else:
+                    device.stats.count_readings(stale)
                 device.stats.stale_reports += 1
+                device.stats.count_failure(reason)
                 device.quiet_until = now + program.interval
                 if reason != device.failing:
-                    self._note_state(device, reason)
+                    note_state(device, reason)
                 due = device.quiet_until
             wake_at = min(wake_at, due)
         return wake_at
-
-    def _note_state(self, device: StreamDevice, failure: str | None) -> None:
-        if failure is None:
-            log.info("device %s: recovered", device.config.name)
-        elif device.failing is None:
-            log.warning("device %s: failing (%s)", device.config.name, failure)
-        else:
-            log.warning("device %s: now failing with %s", device.config.name, failure)
-        device.failing = failure
 
     # -- once ----------------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class PahoSession:
         self._unreachable_logged = False
         #: Monotonic time of the last successful CONNACK; None while not connected.
         self._connected_at: float | None = None
+        #: Connections the broker accepted since start (written in paho's thread; an int
+        #: store is atomic, and readers only report it).
+        self.connections = 0
         self._disconnected = threading.Event()
 
         client = paho.Client(
@@ -90,6 +93,11 @@ class PahoSession:
         client.on_message = self._paho_message
         client.on_publish = self._paho_publish
         self._client = client
+
+    @property
+    def is_connected(self) -> bool:
+        """True from the broker's CONNACK until the connection closes."""
+        return self._connected_at is not None
 
     @property
     def where(self) -> str:
@@ -191,6 +199,7 @@ class PahoSession:
                 return
             self._unreachable_logged = False
             self._connected_at = time.monotonic()
+            self.connections += 1
             self._log.info(
                 "connected to MQTT broker %s as %r (session %s)",
                 self.where,
