@@ -16,12 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, overload
 
 from fieldlink.localstack import InfluxDB1, Service
+
+#: The repository: a process started here imports this tree (``python -m`` puts the working
+#: directory first on ``sys.path``).
+REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Service)
@@ -190,3 +195,12 @@ class ServiceFactory:
     def close_all(self) -> None:
         for service in reversed(self._services):
             service.close()
+
+
+async def start_edge(config: Path, *args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """``python -m fieldlink edge run CONFIG ARGS...`` as a real process, started in the
+    repository; ``kwargs`` go to ``asyncio.create_subprocess_exec`` (stdout, stderr, env)."""
+    kwargs.setdefault("cwd", REPO)
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "fieldlink", "edge", "run", str(config), *args, **kwargs
+    )

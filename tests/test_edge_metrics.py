@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from helpers import InfluxDatabase, async_wait_for
+from helpers import InfluxDatabase, async_wait_for, start_edge
 from prometheus_client.samples import Sample
 from test_e2e import running
 from test_fieldlink_metrics import get, peek, scrape, value
@@ -153,14 +153,8 @@ async def test_a_dead_device_shows_failures_rising_and_up_0_while_a_live_one_rea
         config_file.write_text(yaml.safe_dump(doc))
         log_file = tmp_path / "agent.log"
         with log_file.open("wb") as log:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "fieldlink",
-                "edge",
-                "run",
-                str(config_file),
-                cwd=ROOT,
+            process = await start_edge(
+                config_file,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -368,14 +362,8 @@ async def test_a_port_in_use_is_one_clear_line_and_exit_2(tmp_path: Path) -> Non
         }
         config_file = tmp_path / "agent.yaml"
         config_file.write_text(yaml.safe_dump(doc))
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fieldlink",
-            "edge",
-            "run",
-            str(config_file),
-            cwd=ROOT,
+        process = await start_edge(
+            config_file,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

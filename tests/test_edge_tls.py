@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import ServiceFactory
+from helpers import ServiceFactory, start_edge
 
 from config.sim import SimConfig
 from fieldlink.localstack import Mosquitto
@@ -162,13 +161,8 @@ def agent_file(
 
 
 async def publish_once(path: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "fieldlink",
-        "edge",
-        "run",
-        str(path),
+    process = await start_edge(
+        path,
         "--once",
         "--timeout",
         "6",

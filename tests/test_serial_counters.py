@@ -10,11 +10,10 @@ import json
 import logging
 import re
 import signal
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import async_wait_for
+from helpers import async_wait_for, start_edge
 from test_serial_driver import (
     GGA_FIXED,
     agent_running,
@@ -152,13 +151,8 @@ async def test_polled_checksum_failures_are_logged_by_a_real_agent_process(
     config_file.write_text(json.dumps(doc))  # JSON is YAML
     lines: list[str] = []
     async with InstrumentRack(sim) as rack:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fieldlink",
-            "edge",
-            "run",
-            str(config_file),
+        process = await start_edge(
+            config_file,
             stderr=asyncio.subprocess.PIPE,
         )
         assert process.stderr is not None

@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import InfluxDatabase, async_wait_for
+from helpers import InfluxDatabase, async_wait_for, start_edge
 from test_e2e import Recorder, recording, running
 
 from cloud.ingester import run_ingester
@@ -554,13 +553,8 @@ async def test_once_dry_run_waits_for_a_sentence_of_a_stream(tmp_path: Path) -> 
     config_file = ROOT / "config" / "examples" / "edge-serial-nmea.yaml"
     env = {**os.environ, "FIELDLINK_GPS": str(links["gps-1"])}
     async with InstrumentRack(sim):
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "fieldlink",
-            "edge",
-            "run",
-            str(config_file),
+        process = await start_edge(
+            config_file,
             "--once",
             "--dry-run",
             "--json",
