@@ -846,7 +846,8 @@ def _bound(row: Row) -> str:
     if host >= 0.9 * capacity:
         return (
             f"bound by the machine's CPU ({parts}); InfluxDB's own limit was measured with "
-            "the machine to itself"
+            "the machine to itself — to give InfluxDB cores of its own, as on a host of its "
+            "own, run again with --influxd-cpus 0"
         )
     return f"not CPU-bound on the host ({parts})"
 
