@@ -120,7 +120,7 @@ def _missing_binaries(args: argparse.Namespace) -> list[str]:
 
 
 def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
-    from fieldlink.localstack import InfluxDB1, Mosquitto
+    from fieldlink.localstack import InfluxDB1, Mosquitto, free_port
 
     with contextlib.ExitStack() as stack:
         if args.mqtt:
@@ -148,6 +148,8 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
             DEMO_INFLUX_DB=DATABASE,
             # The agent's spool lives with the demo's other data, not in the user's state dir.
             XDG_STATE_HOME=str(workdir / "state"),
+            DEMO_AGENT_HEALTH_PORT=str(free_port()),
+            DEMO_INGESTER_HEALTH_PORT=str(free_port()),
         )
         procs = _Children(workdir, env, console)
         stack.callback(procs.stop_all)
@@ -167,6 +169,7 @@ def _demo(args: argparse.Namespace, workdir: Path, console: Console) -> int:
         procs.start("edge", ["edge", "run", str(EXAMPLES / "demo-edge.yaml")])
 
         _live_view(console, state, args.duration, procs, influx_url)
+        _show_health(console, env)
         procs.stop("edge")
         with state.lock:
             published = state.readings
@@ -382,3 +385,49 @@ def _devices_stored(url: str) -> set[str]:
         if isinstance(tags, dict) and "device" in tags:
             devices.add(str(tags["device"]))
     return devices
+
+
+#: The metric families the demo shows from each process's /metrics (all of them are listed
+#: in docs/health.md).
+_SHOWN_METRICS = {
+    "agent": (
+        "fieldlink_device_up",
+        "fieldlink_device_readings_total",
+        "fieldlink_spool_messages",
+    ),
+    "ingester": (
+        "fieldlink_ingester_readings_written_total",
+        "fieldlink_ingester_writes_in_flight",
+    ),
+}
+_HEALTH_PORTS = {"agent": "DEMO_AGENT_HEALTH_PORT", "ingester": "DEMO_INGESTER_HEALTH_PORT"}
+
+
+def _show_health(console: Console, env: dict[str, str]) -> None:
+    """What an installer would curl: each process's /healthz and a few of its metrics."""
+    for name, port_var in _HEALTH_PORTS.items():
+        base = f"http://127.0.0.1:{env[port_var]}"
+        console.print()
+        console.rule(f"{name} health: {base}/healthz and /metrics")
+        status, text = _http_get(base + "/healthz")
+        console.print(f"GET /healthz → {status} {text.strip()}", markup=False, soft_wrap=True)
+        status, text = _http_get(base + "/metrics")
+        shown = [
+            line
+            for line in text.splitlines()
+            if line.startswith(_SHOWN_METRICS[name]) and not line.startswith("#")
+        ]
+        console.print("\n".join(shown) or f"GET /metrics → {status}", markup=False, soft_wrap=True)
+
+
+def _http_get(url: str) -> tuple[int | str, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return "unreachable", str(exc)

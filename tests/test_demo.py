@@ -4,6 +4,7 @@ simulated devices stored in InfluxDB and printed back, and clean up after itself
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,11 @@ def test_demo_stores_readings_of_every_simulated_device(tmp_path: Path) -> None:
         assert point in out
     assert "P1-0042" in out  # the pump's string register, decoded
     assert "demo OK" in out
+    # Both processes serve their health, as an installer would curl it.
+    assert out.count("GET /healthz → 200 ok: MQTT broker") == 2
+    assert 'fieldlink_device_up{device="pump-1",bus="pump-line",driver="modbus"} 1' in out
+    written = re.search(r"^fieldlink_ingester_readings_written_total (\d+)", out, re.M)
+    assert written is not None and int(written.group(1)) > 0
     # Every child was stopped: nothing still writes to the logs' processes.
     assert (workdir / "edge.log").exists()
     assert "agent stopped" in (workdir / "edge.log").read_text()
