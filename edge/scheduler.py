@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from config.device import DeviceBase
 from drivers.base import BusLink, DeviceProgram
@@ -35,6 +35,7 @@ from wire.model import Group
 log = logging.getLogger("fieldlink.edge")
 
 Sink = Callable[[list[Group]], None]
+DeviceT = TypeVar("DeviceT")
 
 
 @dataclass
@@ -156,7 +157,55 @@ class ScheduledDevice:
     failing: str | None = None
 
 
-class BusWorker:
+class LinkWorker(Generic[DeviceT]):
+    """What both kinds of worker — polled (:class:`BusWorker`) and streaming
+    (``edge.streamer.StreamWorker``) — keep about one link and its devices: the devices,
+    where their readings go, the clocks, the reconnect backoff, and whether the link is up,
+    logged once when it goes down and once when it comes back."""
+
+    def __init__(
+        self,
+        name: str,
+        devices: list[DeviceT],
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.name = name
+        self._devices = devices
+        self._sink = sink
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self._backoff = backoff or Backoff()
+        self._connected = False
+        #: Reason the link is down, None while it is up (or has not failed yet).
+        self._link_failure: str | None = None
+
+    @property
+    def devices(self) -> list[DeviceT]:
+        return self._devices
+
+    @property
+    def connected(self) -> bool:
+        """Whether the link is open (as far as the last exchange knows)."""
+        return self._connected
+
+    def _link_up(self) -> None:
+        if self._link_failure is not None:
+            log.info("bus %s: connected again", self.name)
+        self._connected = True
+        self._link_failure = None
+
+    def _link_down(self, exc: DriverError) -> None:
+        if self._link_failure is None:
+            log.warning("bus %s: %s; retrying with backoff", self.name, exc)
+        self._connected = False
+        self._link_failure = exc.reason
+
+
+class BusWorker(LinkWorker[ScheduledDevice]):
     def __init__(
         self,
         name: str,
@@ -170,28 +219,12 @@ class BusWorker:
         request_gap: float = 0.0,
         connect_delay: float = 0.0,
     ) -> None:
-        self.name = name
+        super().__init__(name, devices, sink, clock=clock, wall_ns=wall_ns, backoff=backoff)
+        self._link = link
         self._request_gap = request_gap
         self._connect_delay = connect_delay
         self._last_request_end = float("-inf")
-        self._link = link
-        self._devices = devices
-        self._sink = sink
-        self._clock = clock
-        self._wall_ns = wall_ns
-        self._backoff = backoff or Backoff()
-        self._connected = False
         self._next_connect = 0.0
-        self._link_failure: str | None = None
-
-    @property
-    def devices(self) -> list[ScheduledDevice]:
-        return self._devices
-
-    @property
-    def connected(self) -> bool:
-        """Whether the bus link is open (as far as the last request knows)."""
-        return self._connected
 
     async def run(self) -> None:
         """Poll until cancelled. Cancellation closes the link and propagates."""
@@ -323,19 +356,13 @@ class BusWorker:
         except DriverError as exc:
             self._lost(exc)
             return False
-        if self._link_failure is not None:
-            log.info("bus %s: connected again", self.name)
         if self._connect_delay > 0:
             # Some gateways drop the first request sent right after the TCP handshake.
             await asyncio.sleep(self._connect_delay)
-        self._connected = True
-        self._link_failure = None
+        self._link_up()
         self._backoff.reset()
         return True
 
     def _lost(self, exc: DriverError) -> None:
-        if self._link_failure is None:
-            log.warning("bus %s: %s; retrying with backoff", self.name, exc)
-        self._connected = False
-        self._link_failure = exc.reason
+        self._link_down(exc)
         self._next_connect = self._clock() + self._backoff.next_delay()

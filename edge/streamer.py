@@ -35,7 +35,7 @@ from config.device import DeviceBase
 from drivers.base import StreamDecoder, StreamLink
 from drivers.errors import DeviceTimeout, DriverError, LinkError
 from edge.backoff import Backoff
-from edge.scheduler import DeviceStats, Sink, log, note_state
+from edge.scheduler import DeviceStats, LinkWorker, Sink, log, note_state
 from wire.model import Group
 
 
@@ -53,7 +53,7 @@ class StreamDevice:
     failing: str | None = None
 
 
-class StreamWorker:
+class StreamWorker(LinkWorker[StreamDevice]):
     def __init__(
         self,
         name: str,
@@ -65,25 +65,9 @@ class StreamWorker:
         wall_ns: Callable[[], int] = time.time_ns,
         backoff: Backoff | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, devices, sink, clock=clock, wall_ns=wall_ns, backoff=backoff)
         self._link = link
-        self._devices = devices
-        self._sink = sink
-        self._clock = clock
-        self._wall_ns = wall_ns
-        self._backoff = backoff or Backoff()
-        self._connected = False
-        self._link_failure: str | None = None
         self._wake = asyncio.Event()
-
-    @property
-    def devices(self) -> list[StreamDevice]:
-        return self._devices
-
-    @property
-    def connected(self) -> bool:
-        """Whether the link is open."""
-        return self._connected
 
     async def run(self) -> None:
         """Read until cancelled. Cancellation closes the link and propagates."""
@@ -118,10 +102,7 @@ class StreamWorker:
         except DriverError as exc:
             self._lost(exc)
             return False
-        if self._link_failure is not None:
-            log.info("bus %s: connected again", self.name)
-        self._connected = True
-        self._link_failure = None
+        self._link_up()
         now = self._clock()
         for device in self._devices:
             device.program.reset()
@@ -168,14 +149,11 @@ class StreamWorker:
         return out
 
     def _lost(self, exc: DriverError) -> None:
-        if self._link_failure is None:
-            log.warning("bus %s: %s; retrying with backoff", self.name, exc)
         if self._connected:
             # Report the loss now, not when the last report's interval is over.
             for device in self._devices:
                 device.quiet_until = 0.0
-        self._connected = False
-        self._link_failure = exc.reason
+        self._link_down(exc)
         self._report_stale(self._clock())
         self._wake.set()
 
